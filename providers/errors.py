@@ -49,7 +49,7 @@ class ProviderTimeout(ProviderError):
     def __init__(self, message: str, *, phase: str = "total", status: int | None = None) -> None:
         super().__init__(message, status=status)
         self.phase = phase
-        """``connect``, ``first_token`` or ``total``."""
+        """``connect``, ``read`` (between bytes), ``first_token`` or ``total``."""
 
 
 class RateLimited(ProviderError):
