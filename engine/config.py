@@ -1,0 +1,382 @@
+"""routedeck's configuration: TOML read into frozen pydantic models that reject unknown keys.
+
+`load_config(path)` returns a validated `Config` or raises `ConfigError`, whose ``problems`` list
+every problem found, each with the key path (``tiers.low.deployments[1]``), what is wrong and a
+hint. Nothing starts on a config with problems. Every key is documented in
+``config.example.toml``; the built-in demo config is ``engine/demo.toml``.
+
+Secrets are never part of the config: a provider names the environment variable that holds its
+key (``api_key_env``), and the key is read from the environment when the engine starts.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+Protocol = Literal["openai", "anthropic"]
+Capability = Literal["tools", "json", "vision", "streaming"]
+FallbackTrigger = Literal["connect", "timeout", "429", "5xx", "overloaded"]
+
+ALL_CAPABILITIES: frozenset[Capability] = frozenset({"tools", "json", "vision", "streaming"})
+CONFIG_ENV = "ROUTEDECK_CONFIG"
+DEFAULT_CONFIG_PATH = Path("routedeck.toml")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8787, ge=0, le=65535)
+    admin_token_env: str = "ROUTEDECK_ADMIN_TOKEN"
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    shutdown_grace_s: float = Field(default=10.0, ge=0)
+    snapshot_interval_s: float = Field(default=0.25, gt=0, le=60)
+    metrics_window_s: int = Field(default=10, ge=1, le=3600)
+    recent_requests: int = Field(default=200, ge=0, le=100_000)
+
+
+class StateConfig(_Section):
+    path: str = "routedeck.db"
+    """Relative paths are resolved against the config file's directory."""
+    flush_interval_ms: float = Field(default=10.0, gt=0, le=10_000)
+    flush_max_rows: int = Field(default=512, ge=1, le=1_000_000)
+
+
+class SimProfileConfig(_Section):
+    latency_ms: float = Field(default=120.0, ge=0)
+    ttft_ms: float = Field(default=60.0, ge=0)
+    tokens_per_s: float = Field(default=150.0, ge=0)
+    """0 sends every token at once."""
+    jitter: float = Field(default=0.1, ge=0, lt=1)
+    context_window: int = Field(default=128_000, ge=1)
+
+
+class ProviderConfig(_Section):
+    protocol: Protocol
+    base_url: str | None = None
+    api_key_env: str | None = None
+    region: str = "global"
+    compliance: tuple[str, ...] = ()
+    headers: dict[str, str] = Field(default_factory=dict)
+    max_connections: int = Field(default=200, ge=1)
+    simulated: SimProfileConfig | None = None
+    """Serve this provider from routedeck's in-process simulated upstream instead of base_url."""
+
+    @model_validator(mode="after")
+    def _one_endpoint(self) -> ProviderConfig:
+        if self.simulated is None and not self.base_url:
+            raise ValueError(
+                "needs base_url (the upstream endpoint) or a [simulated] table "
+                "(serve it from the built-in simulator)"
+            )
+        if self.simulated is not None and self.base_url:
+            raise ValueError("has both base_url and [simulated]; keep one")
+        if self.base_url and not self.base_url.startswith(("http://", "https://")):
+            raise ValueError(f"base_url {self.base_url!r} must start with http:// or https://")
+        return self
+
+
+class PriceConfig(_Section):
+    input_per_mtok: float = Field(ge=0)
+    """US dollars per million input tokens."""
+    output_per_mtok: float = Field(ge=0)
+    """US dollars per million output tokens."""
+
+
+class DeploymentConfig(_Section):
+    provider: str
+    model: str
+    context_window: int = Field(default=128_000, ge=1)
+    max_output_tokens: int = Field(default=4096, ge=1)
+    capabilities: frozenset[Capability] = ALL_CAPABILITIES
+    price: PriceConfig | None = None
+    """List price. Without one the deployment's traffic is shown as unpriced, never as $0."""
+    p95_slo_ms: float | None = Field(default=None, gt=0)
+    """Latency objective: the deployment shows as degraded while its p95 is above it."""
+
+
+class TierConfig(_Section):
+    deployments: tuple[str, ...] = Field(min_length=1)
+    """Ordered: the first is the route's first choice, the rest are fallbacks in order."""
+    description: str = ""
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    first_token_timeout_s: float | None = Field(default=None, gt=0)
+    """Per streaming attempt: the longest wait for the first event (default min(15, timeout_s))."""
+    attempt_timeout_s: float | None = Field(default=None, gt=0)
+    """Per non-streaming attempt: the longest wait for the answer, so that a hung upstream leaves
+    time in the deadline for a fallback (default min(30, timeout_s))."""
+    timeout_s: float = Field(default=60.0, gt=0)
+    """One deadline for the whole request, every attempt included."""
+
+    @property
+    def first_token_s(self) -> float:
+        return self.first_token_timeout_s or min(15.0, self.timeout_s)
+
+    @property
+    def attempt_s(self) -> float:
+        return self.attempt_timeout_s or min(30.0, self.timeout_s)
+
+
+class PolicyConfig(_Section):
+    fallback_on: frozenset[FallbackTrigger] = frozenset(
+        {"connect", "timeout", "429", "5xx", "overloaded"}
+    )
+    max_attempts: int = Field(default=3, ge=1, le=10)
+
+
+class Config(_Section):
+    server: ServerConfig = ServerConfig()
+    state: StateConfig = StateConfig()
+    providers: dict[str, ProviderConfig] = Field(min_length=1)
+    deployments: dict[str, DeploymentConfig] = Field(min_length=1)
+    tiers: dict[str, TierConfig] = Field(min_length=1)
+    aliases: dict[str, str] = Field(default_factory=dict)
+    """Client-facing model names, each naming a tier or a deployment."""
+    policy: PolicyConfig = PolicyConfig()
+
+    source: str = Field(default="<memory>", exclude=True)
+    """Where the config came from; set by the loader, not by the file."""
+    base_dir: str = Field(default=".", exclude=True)
+
+    def state_path(self) -> Path:
+        path = Path(self.state.path)
+        return path if path.is_absolute() else Path(self.base_dir) / path
+
+    def model_names(self) -> dict[str, str]:
+        """Every name a client may send as ``model``, mapped to what it resolves to."""
+        names: dict[str, str] = {name: f"tier:{name}" for name in self.tiers}
+        names.update({name: f"deployment:{name}" for name in self.deployments})
+        for alias, target in self.aliases.items():
+            names[alias] = names.get(target, target)
+        return names
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    path: str
+    message: str
+    hint: str = ""
+
+    def __str__(self) -> str:
+        text = f"{self.path}: {self.message}" if self.path else self.message
+        return f"{text}\n    hint: {self.hint}" if self.hint else text
+
+
+class ConfigError(Exception):
+    """The config cannot be used; ``problems`` says every reason, each with its key path."""
+
+    def __init__(self, source: str, problems: list[Problem]) -> None:
+        self.source = source
+        self.problems = problems
+        count = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
+        lines = [f"{source}: {count}"] + [f"  {p}" for p in problems]
+        super().__init__("\n".join(lines))
+
+
+def resolve_config_path(explicit: str | None) -> Path:
+    """``--config``, else ``$ROUTEDECK_CONFIG``, else ``./routedeck.toml``."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get(CONFIG_ENV)
+    return Path(env) if env else DEFAULT_CONFIG_PATH
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            str(path),
+            [
+                Problem(
+                    "",
+                    "no config file here",
+                    "copy config.example.toml to routedeck.toml and edit it, pass --config FILE, "
+                    f"set {CONFIG_ENV}, or try the built-in demo with `routedeck serve --demo`",
+                )
+            ],
+        ) from None
+    except OSError as exc:
+        raise ConfigError(str(path), [Problem("", f"cannot read it: {exc.strerror}")]) from None
+    return parse_config(text, source=str(path), base_dir=str(path.resolve().parent))
+
+
+def demo_config() -> Config:
+    """The built-in demo: simulated providers only, so it runs with no keys and no network."""
+    text = resources.files("engine").joinpath("demo.toml").read_text(encoding="utf-8")
+    return parse_config(text, source="<built-in demo>", base_dir=os.getcwd())
+
+
+def parse_config(text: str, *, source: str = "<memory>", base_dir: str = ".") -> Config:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(
+            source, [Problem("", f"not valid TOML: {exc}", "fix the syntax at that line")]
+        ) from None
+    try:
+        config = Config.model_validate({**data, "source": source, "base_dir": base_dir})
+    except ValidationError as exc:
+        raise ConfigError(source, [_problem(err, data) for err in exc.errors()]) from None
+    problems = _cross_check(config)
+    if problems:
+        raise ConfigError(source, problems)
+    return config
+
+
+def _path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _section_model(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
+    """The pydantic model whose fields are valid at ``loc``'s parent, for did-you-mean hints."""
+    model: type[BaseModel] | None = Config
+    i = 0
+    parts = loc[:-1]
+    while model is not None and i < len(parts):
+        field = model.model_fields.get(str(parts[i]))
+        if field is None:
+            return None
+        annotation = field.annotation
+        origin = getattr(annotation, "__origin__", None)
+        if origin is dict:
+            annotation = annotation.__args__[1]  # type: ignore[union-attr]
+            i += 1  # skip the table name
+        args = getattr(annotation, "__args__", None)
+        if args:  # Optional[Model]
+            annotation = next((a for a in args if isinstance(a, type)), annotation)
+        model = (
+            annotation
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel)
+            else None
+        )
+        i += 1
+    return model
+
+
+def _problem(err: Mapping[str, Any], data: Mapping[str, Any]) -> Problem:
+    loc = tuple(p for p in err["loc"] if p not in ("function-after[_one_endpoint()]",))
+    path = _path(loc)
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        model = _section_model(loc)
+        known = [
+            n for n in (model.model_fields if model else ()) if n not in ("source", "base_dir")
+        ]
+        close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+        hint = f"did you mean `{close[0]}`?" if close else ""
+        if known:
+            hint = (hint + " " if hint else "") + "valid keys here: " + ", ".join(known)
+        return Problem(path, "unknown key", hint)
+    if kind == "missing":
+        return Problem(path, "required key is missing", "add it; config.example.toml documents it")
+    if kind == "literal_error":
+        expected = err.get("ctx", {}).get("expected", "")
+        return Problem(path, f"{err['input']!r} is not allowed", f"use one of {expected}")
+    message = str(err["msg"]).removeprefix("Value error, ")
+    return Problem(path, message, "see config.example.toml for this key")
+
+
+def _cross_check(config: Config) -> list[Problem]:
+    """Problems pydantic cannot see: references between sections and name clashes."""
+    problems: list[Problem] = []
+
+    def unknown(path: str, kind: str, name: str, known: Mapping[str, Any]) -> None:
+        close = difflib.get_close_matches(name, list(known), n=1)
+        hint = f"did you mean `{close[0]}`? " if close else ""
+        problems.append(
+            Problem(path, f"unknown {kind} {name!r}", hint + f"known: {', '.join(sorted(known))}")
+        )
+
+    for name, dep in config.deployments.items():
+        if dep.provider not in config.providers:
+            unknown(f"deployments.{name}.provider", "provider", dep.provider, config.providers)
+    for name, tier in config.tiers.items():
+        seen: set[str] = set()
+        for i, dep_name in enumerate(tier.deployments):
+            if dep_name not in config.deployments:
+                unknown(
+                    f"tiers.{name}.deployments[{i}]", "deployment", dep_name, config.deployments
+                )
+            elif dep_name in seen:
+                problems.append(
+                    Problem(
+                        f"tiers.{name}.deployments[{i}]",
+                        f"{dep_name!r} is listed twice",
+                        "list each deployment once, in fallback order",
+                    )
+                )
+            seen.add(dep_name)
+        for key in ("first_token_timeout_s", "attempt_timeout_s"):
+            value = getattr(tier, key)
+            if value is not None and value > tier.timeout_s:
+                problems.append(
+                    Problem(
+                        f"tiers.{name}.{key}",
+                        "is longer than timeout_s, the deadline for the whole request",
+                        f"make {key} <= timeout_s",
+                    )
+                )
+    clash = set(config.tiers) & set(config.deployments)
+    for name in sorted(clash):
+        problems.append(
+            Problem(
+                f"deployments.{name}",
+                f"{name!r} is also a tier name",
+                "a model name must mean one thing: rename the tier or the deployment",
+            )
+        )
+    targets = {**config.tiers, **config.deployments}
+    for alias, target in config.aliases.items():
+        if alias in targets:
+            problems.append(
+                Problem(
+                    f"aliases.{alias}",
+                    f"{alias!r} is already a tier or deployment name",
+                    "remove the alias; that name already works as a model name",
+                )
+            )
+        elif target not in targets:
+            unknown(f"aliases.{alias}", "tier or deployment", target, targets)
+    for name, provider in config.providers.items():
+        if provider.simulated is not None and provider.api_key_env:
+            problems.append(
+                Problem(
+                    f"providers.{name}.api_key_env",
+                    "a simulated provider takes no key",
+                    "remove api_key_env, or replace [simulated] with a real base_url",
+                )
+            )
+    return problems
+
+
+def missing_secrets(config: Config, environ: Mapping[str, str] | None = None) -> list[Problem]:
+    """Providers whose key variable is unset: a warning at start, a problem for check-config."""
+    env = os.environ if environ is None else environ
+    return [
+        Problem(
+            f"providers.{name}.api_key_env",
+            f"environment variable {p.api_key_env} is not set",
+            f"export {p.api_key_env}=... before starting; requests to {name} will fail auth",
+        )
+        for name, p in config.providers.items()
+        if p.api_key_env and not env.get(p.api_key_env)
+    ]
