@@ -341,13 +341,15 @@ class _HTTPAdapter:
         headers: dict[str, str],
         secrets: tuple[str, ...],
         map_error: _MapError,
+        name: str | None,
     ) -> None:
         self._client = client
         self._url = url
         self._headers = headers
         self._secrets = secrets
         self._map_error = map_error
-        self._upstream = urlsplit(url).hostname or url
+        # Errors name the upstream: the provider's configured name, else the URL's host.
+        self._upstream = name or urlsplit(url).hostname or url
 
     def _status_error(
         self, status: int, headers: Mapping[str, str], body: bytes
@@ -504,6 +506,7 @@ class OpenAIAdapter(_HTTPAdapter):
         api_key: str | None,
         headers: Mapping[str, str] = {},
         max_tokens_field: openai_wire.MaxTokensField = "max_completion_tokens",
+        name: str | None = None,
     ) -> None:
         base: dict[str, str] = {"content-type": "application/json"}
         if api_key:
@@ -515,6 +518,7 @@ class OpenAIAdapter(_HTTPAdapter):
             base,
             _secrets(api_key, headers),
             map_openai_error,
+            name,
         )
         self._max_tokens_field: openai_wire.MaxTokensField = max_tokens_field
 
@@ -564,6 +568,7 @@ class AnthropicAdapter(_HTTPAdapter):
         headers: Mapping[str, str] = {},
         default_max_tokens: int = 4096,
         version: str = "2023-06-01",
+        name: str | None = None,
     ) -> None:
         base: dict[str, str] = {"content-type": "application/json", "anthropic-version": version}
         if api_key:
@@ -575,6 +580,7 @@ class AnthropicAdapter(_HTTPAdapter):
             base,
             _secrets(api_key, headers),
             map_anthropic_error,
+            name,
         )
         self._default_max_tokens = default_max_tokens
 

@@ -1,0 +1,445 @@
+"""The HTTP face of the engine: the OpenAI- and Anthropic-compatible API and the admin API.
+
+Routes:
+
+- ``POST /v1/chat/completions`` — OpenAI Chat Completions, streaming (SSE) and not.
+- ``POST /v1/messages`` — Anthropic Messages, streaming and not; the key may come as
+  ``x-api-key`` or ``Authorization: Bearer``.
+- ``GET /v1/models`` — every model name routedeck answers to (tiers, deployments, aliases), in a
+  list both SDKs parse.
+- ``GET /healthz`` — 200 while running, 503 while stopping.
+- ``GET /admin/snapshot`` — the live `Snapshot` as JSON. With an admin token configured
+  (``[server] admin_token_env``) it requires ``Authorization: Bearer <token>``; without one the
+  admin API exists only when the server is bound to loopback.
+
+Every proxied response carries ``x-routedeck-*`` headers (request id, tier, tier reason, arm,
+provider, deployment, model, attempts, fallback path, cache, cost). Every error is in the inbound
+API's own error shape, with a status the official SDKs understand and a message that says what
+to do; no request ever gets a traceback.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from starlette.applications import Starlette
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from engine.control import RequestFailed
+from engine.engine import Engine, ResponseMeta, StreamSession, new_request_id
+from engine.routing import RoutingError
+from providers import anthropic_wire, openai_wire
+from providers.canonical import ChatRequest
+from providers.errors import InvalidRequest, ProviderError
+
+log = logging.getLogger("routedeck.http")
+
+TENANT_LOCAL = "local"
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class _Failure:
+    """A client-facing error, independent of the inbound API's shape."""
+
+    status: int
+    kind: str
+    """``invalid_request``, ``not_found``, ``too_large``, ``auth``, ``rate_limit``, ``timeout``,
+    ``upstream``, ``context_length`` or ``unavailable``."""
+    message: str
+    code: str | None = None
+    param: str | None = None
+    retry_after: float | None = None
+
+
+_OPENAI_TYPES = {
+    "invalid_request": "invalid_request_error",
+    "context_length": "invalid_request_error",
+    "not_found": "invalid_request_error",
+    "too_large": "invalid_request_error",
+    "auth": "authentication_error",
+    "rate_limit": "rate_limit_error",
+    "timeout": "timeout_error",
+    "upstream": "upstream_error",
+    "unavailable": "service_unavailable_error",
+}
+_ANTHROPIC_TYPES = {
+    "invalid_request": "invalid_request_error",
+    "context_length": "invalid_request_error",
+    "not_found": "not_found_error",
+    "too_large": "request_too_large",
+    "auth": "authentication_error",
+    "rate_limit": "rate_limit_error",
+    "timeout": "api_error",
+    "upstream": "api_error",
+    "unavailable": "overloaded_error",
+}
+
+
+def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        orjson.dumps(body), status_code=status, headers=headers, media_type="application/json"
+    )
+
+
+def meta_headers(meta: ResponseMeta, *, with_cost: bool) -> dict[str, str]:
+    headers = {
+        "x-routedeck-request-id": meta.request_id,
+        "x-routedeck-tier": meta.tier or "-",
+        "x-routedeck-tier-reason": meta.tier_reason,
+        "x-routedeck-arm": meta.arm,
+        "x-routedeck-provider": meta.provider,
+        "x-routedeck-deployment": meta.deployment,
+        "x-routedeck-model": meta.model,
+        "x-routedeck-attempts": str(meta.attempts),
+        "x-routedeck-fallback": ">".join(meta.path) if len(meta.path) > 1 else "none",
+        "x-routedeck-cache": meta.cache,
+    }
+    if with_cost:
+        headers["x-routedeck-cost"] = (
+            "unpriced" if meta.cost_usd is None else f"{meta.cost_usd:.8f}"
+        )
+    return headers
+
+
+class _Dialect:
+    """One inbound API: how to parse its requests and shape its answers and errors."""
+
+    name: str
+
+    def parse(self, body: Any) -> ChatRequest:
+        raise NotImplementedError
+
+    def error(self, failure: _Failure) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def answer(self, request_id: str, response: Any, meta: ResponseMeta) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def encoder(self, request_id: str, request: ChatRequest, meta: ResponseMeta) -> Any:
+        raise NotImplementedError
+
+    def stream_error(self, encoder: Any, failure: _Failure) -> bytes:
+        raise NotImplementedError
+
+
+class _OpenAI(_Dialect):
+    name = "openai"
+
+    def parse(self, body: Any) -> ChatRequest:
+        return openai_wire.parse_request(body)
+
+    def error(self, failure: _Failure) -> dict[str, Any]:
+        return openai_wire.error_body(
+            failure.message, _OPENAI_TYPES[failure.kind], param=failure.param, code=failure.code
+        )
+
+    def answer(self, request_id: str, response: Any, meta: ResponseMeta) -> dict[str, Any]:
+        return openai_wire.encode_response(
+            response, id=f"chatcmpl-{request_id}", model=meta.model, created=int(time.time())
+        )
+
+    def encoder(self, request_id: str, request: ChatRequest, meta: ResponseMeta) -> Any:
+        return openai_wire.StreamEncoder(
+            id=f"chatcmpl-{request_id}",
+            model=meta.model,
+            created=int(time.time()),
+            include_usage=request.include_usage,
+        )
+
+    def stream_error(self, encoder: Any, failure: _Failure) -> bytes:
+        return bytes(encoder.error(failure.message, _OPENAI_TYPES[failure.kind], failure.code))
+
+
+class _Anthropic(_Dialect):
+    name = "anthropic"
+
+    def parse(self, body: Any) -> ChatRequest:
+        return anthropic_wire.parse_request(body)
+
+    def error(self, failure: _Failure) -> dict[str, Any]:
+        return anthropic_wire.error_body(failure.message, _ANTHROPIC_TYPES[failure.kind])
+
+    def answer(self, request_id: str, response: Any, meta: ResponseMeta) -> dict[str, Any]:
+        return anthropic_wire.encode_response(response, id=f"msg_{request_id}", model=meta.model)
+
+    def encoder(self, request_id: str, request: ChatRequest, meta: ResponseMeta) -> Any:
+        return anthropic_wire.StreamEncoder(
+            id=f"msg_{request_id}", model=meta.model, input_tokens=0
+        )
+
+    def stream_error(self, encoder: Any, failure: _Failure) -> bytes:
+        return bytes(encoder.error(failure.message, _ANTHROPIC_TYPES[failure.kind]))
+
+
+class _SSEResponse:
+    """Streams a session's events as SSE and always closes the session, even on disconnect."""
+
+    def __init__(
+        self, dialect: _Dialect, session: StreamSession, encoder: Any, headers: dict[str, str]
+    ) -> None:
+        self._dialect = dialect
+        self._session = session
+        self._encoder = encoder
+        self._headers = [(k.encode(), v.encode()) for k, v in headers.items()]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = [
+            (b"content-type", b"text/event-stream; charset=utf-8"),
+            (b"cache-control", b"no-cache"),
+            (b"x-accel-buffering", b"no"),
+            *self._headers,
+        ]
+        encoder = self._encoder
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": encoder.start(), "more_body": True})
+            try:
+                async for event in self._session:
+                    await send(
+                        {
+                            "type": "http.response.body",
+                            "body": encoder.event(event),
+                            "more_body": True,
+                        }
+                    )
+            except ProviderError as exc:
+                failure = _Failure(
+                    502,
+                    "upstream",
+                    f"The upstream failed after the stream started ({exc.cause}: {exc.message[:200]}); "
+                    "the answer is incomplete. Retry the request.",
+                    code="upstream_stream_broken",
+                )
+                await send(
+                    {
+                        "type": "http.response.body",
+                        "body": self._dialect.stream_error(encoder, failure),
+                        "more_body": True,
+                    }
+                )
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except OSError:
+            pass  # the client went away; close() records it
+        finally:
+            await self._session.close()
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def create_app(engine: Engine, *, admin_token: str | None, host: str) -> Starlette:
+    """The ASGI app. ``admin_token`` None disables admin auth, allowed only on loopback."""
+    max_body = engine.config.server.max_body_bytes
+    admin_enabled = admin_token is not None or _is_loopback(host)
+    if not admin_enabled:
+        log.warning(
+            "admin API disabled: bound to %s without an admin token; set $%s to enable it",
+            host,
+            engine.config.server.admin_token_env,
+        )
+
+    async def read_json(request: Request) -> Any:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > max_body:
+            raise _BodyTooLarge
+        chunks = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_body:
+                raise _BodyTooLarge
+            chunks.append(chunk)
+        raw = b"".join(chunks)
+        if not raw.strip():
+            raise InvalidRequest("The request body is empty; send a JSON object.")
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise InvalidRequest(
+                f"The request body is not valid JSON ({exc}). Send a JSON object with "
+                "Content-Type: application/json."
+            ) from None
+
+    def proxy(dialect: _Dialect) -> Callable[[Request], Awaitable[Any]]:
+        async def endpoint(request: Request) -> Any:
+            request_id = new_request_id()
+
+            def fail(failure: _Failure, extra: dict[str, str] | None = None) -> Response:
+                headers = {"x-routedeck-request-id": request_id, **(extra or {})}
+                if failure.retry_after is not None:
+                    headers["retry-after"] = str(max(1, round(failure.retry_after)))
+                return _json(dialect.error(failure), failure.status, headers)
+
+            try:
+                body = await read_json(request)
+                chat = dialect.parse(body)
+            except _BodyTooLarge:
+                return fail(
+                    _Failure(
+                        413,
+                        "too_large",
+                        f"The request body is over routedeck's limit of {max_body} bytes. Send a "
+                        "shorter conversation, or raise [server] max_body_bytes.",
+                        code="request_too_large",
+                    )
+                )
+            except InvalidRequest as exc:
+                return fail(
+                    _Failure(
+                        400, "invalid_request", exc.message, param=exc.param, code="invalid_request"
+                    )
+                )
+            except ClientDisconnect:
+                return Response(status_code=499)
+            tenant = TENANT_LOCAL
+            try:
+                if chat.stream:
+                    session = await engine.stream(
+                        chat, api=dialect.name, tenant=tenant, request_id=request_id
+                    )
+                    encoder = dialect.encoder(request_id, chat, session.meta)
+                    return _SSEResponse(
+                        dialect, session, encoder, meta_headers(session.meta, with_cost=False)
+                    )
+                response, meta = await engine.complete(
+                    chat, api=dialect.name, tenant=tenant, request_id=request_id
+                )
+            except RoutingError as exc:
+                kind = "not_found" if exc.status == 404 else "unavailable"
+                return fail(_Failure(exc.status, kind, exc.message, code=exc.code, param="model"))
+            except RequestFailed as exc:
+                return fail(
+                    _Failure(
+                        exc.status,
+                        exc.kind,
+                        exc.message,
+                        code=exc.code,
+                        retry_after=exc.retry_after,
+                    )
+                )
+            return _json(
+                dialect.answer(request_id, response, meta),
+                headers=meta_headers(meta, with_cost=True),
+            )
+
+        return endpoint
+
+    async def models(request: Request) -> Response:
+        names = engine.router.model_names()
+        data = [
+            {
+                "id": name,
+                "object": "model",
+                "created": 0,
+                "owned_by": "routedeck",
+                "type": "model",
+                "display_name": name,
+                "created_at": "1970-01-01T00:00:00Z",
+            }
+            for name in names
+        ]
+        return _json(
+            {
+                "object": "list",
+                "data": data,
+                "has_more": False,
+                "first_id": names[0] if names else None,
+                "last_id": names[-1] if names else None,
+            }
+        )
+
+    async def healthz(request: Request) -> Response:
+        ok = engine.state == "running"
+        return _json(
+            {"status": "ok" if ok else engine.state, "listen": engine.listen}, 200 if ok else 503
+        )
+
+    def admin_denied(request: Request) -> Response | None:
+        if not admin_enabled:
+            return _json(
+                {
+                    "error": {
+                        "message": "The admin API is disabled: routedeck is bound "
+                        f"to {host} without an admin token. Set "
+                        f"${engine.config.server.admin_token_env} and restart."
+                    }
+                },
+                403,
+            )
+        if admin_token is None:
+            return None
+        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(given.encode(), admin_token.encode()):
+            return _json(
+                {
+                    "error": {
+                        "message": "Missing or wrong admin token: send "
+                        "Authorization: Bearer <token> with the token from "
+                        f"${engine.config.server.admin_token_env}."
+                    }
+                },
+                401,
+            )
+        return None
+
+    async def admin_snapshot(request: Request) -> Response:
+        denied = admin_denied(request)
+        if denied is not None:
+            return denied
+        return Response(orjson.dumps(engine.snapshot()), media_type="application/json")
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        status = getattr(exc, "status_code", 404)
+        verb = "is not allowed on" if status == 405 else "does not exist on"
+        return _json(
+            openai_wire.error_body(
+                f"{request.method} {request.url.path} {verb} routedeck. The API is POST "
+                "/v1/chat/completions, POST /v1/messages and GET /v1/models.",
+                "invalid_request_error",
+                code="unknown_url",
+            ),
+            status,
+        )
+
+    async def internal(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return _json(
+            openai_wire.error_body(
+                "routedeck hit an internal error serving this request; it is logged. Retry, and "
+                "report it if it persists.",
+                "server_error",
+                code="internal_error",
+            ),
+            500,
+        )
+
+    return Starlette(
+        exception_handlers={404: not_found, 405: not_found, Exception: internal},
+        routes=[
+            Route("/v1/chat/completions", proxy(_OpenAI()), methods=["POST"]),
+            Route("/v1/messages", proxy(_Anthropic()), methods=["POST"]),
+            Route("/v1/models", models, methods=["GET"]),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/admin/snapshot", admin_snapshot, methods=["GET"]),
+        ],
+    )
