@@ -20,6 +20,7 @@ to do; no request ever gets a traceback.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import ipaddress
 import logging
@@ -197,6 +198,33 @@ class _SSEResponse:
         self._headers = [(k.encode(), v.encode()) for k, v in headers.items()]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # uvicorn drops writes to a closed connection silently, so a client that goes away is
+        # noticed by watching receive() for the disconnect; it cancels the stream at once, which
+        # closes the upstream stream too instead of paying for tokens nobody reads.
+        streaming = asyncio.current_task()
+        assert streaming is not None
+        state = {"gone": False, "finished": False}
+
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            if not state["finished"]:
+                state["gone"] = True
+                streaming.cancel()
+
+        watcher = asyncio.create_task(watch())
+        try:
+            await self._send_all(send)
+            state["finished"] = True
+        except asyncio.CancelledError:
+            if not state["gone"]:
+                raise
+            streaming.uncancel()
+        finally:
+            watcher.cancel()
+            await self._session.close()
+
+    async def _send_all(self, send: Send) -> None:
         headers = [
             (b"content-type", b"text/event-stream; charset=utf-8"),
             (b"cache-control", b"no-cache"),
@@ -204,38 +232,23 @@ class _SSEResponse:
             *self._headers,
         ]
         encoder = self._encoder
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": encoder.start(), "more_body": True})
         try:
-            await send({"type": "http.response.start", "status": 200, "headers": headers})
-            await send({"type": "http.response.body", "body": encoder.start(), "more_body": True})
-            try:
-                async for event in self._session:
-                    await send(
-                        {
-                            "type": "http.response.body",
-                            "body": encoder.event(event),
-                            "more_body": True,
-                        }
-                    )
-            except ProviderError as exc:
-                failure = _Failure(
-                    502,
-                    "upstream",
-                    f"The upstream failed after the stream started ({exc.cause}: {exc.message[:200]}); "
-                    "the answer is incomplete. Retry the request.",
-                    code="upstream_stream_broken",
-                )
-                await send(
-                    {
-                        "type": "http.response.body",
-                        "body": self._dialect.stream_error(encoder, failure),
-                        "more_body": True,
-                    }
-                )
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-        except OSError:
-            pass  # the client went away; close() records it
-        finally:
-            await self._session.close()
+            async for event in self._session:
+                body = encoder.event(event)
+                await send({"type": "http.response.body", "body": body, "more_body": True})
+        except ProviderError as exc:
+            failure = _Failure(
+                502,
+                "upstream",
+                f"The upstream failed after the stream started ({exc.cause}: "
+                f"{exc.message[:200]}); the answer is incomplete. Retry the request.",
+                code="upstream_stream_broken",
+            )
+            body = self._dialect.stream_error(encoder, failure)
+            await send({"type": "http.response.body", "body": body, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 def _is_loopback(host: str) -> bool:
