@@ -133,6 +133,13 @@ class PolicyConfig(_Section):
         {"connect", "timeout", "429", "5xx", "overloaded"}
     )
     max_attempts: int = Field(default=3, ge=1, le=10)
+    safe_mode_tier: str | None = None
+    """The tier safe mode sends every request to; default: the tier named "recovery", if any."""
+
+    def safe_tier(self, tiers: Mapping[str, object]) -> str | None:
+        if self.safe_mode_tier is not None:
+            return self.safe_mode_tier
+        return "recovery" if "recovery" in tiers else None
 
 
 class Config(_Section):
@@ -335,6 +342,9 @@ def _cross_check(config: Config) -> list[Problem]:
                         f"make {key} <= timeout_s",
                     )
                 )
+    safe = config.policy.safe_mode_tier
+    if safe is not None and safe not in config.tiers:
+        unknown("policy.safe_mode_tier", "tier", safe, config.tiers)
     clash = set(config.tiers) & set(config.deployments)
     for name in sorted(clash):
         problems.append(

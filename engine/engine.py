@@ -21,14 +21,17 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Any
 
 import httpx
 
+from engine.commands import Command, CommandResult, Effect
 from engine.config import Config, missing_secrets
 from engine.control import Attempts, Controller, Deadline, RequestFailed, StreamHandle
 from engine.metrics import Metrics
+from engine.operator import Operator
 from engine.routing import Route, Router
-from engine.snapshot import Snapshot
+from engine.snapshot import HealthState, Snapshot
 from providers.adapters import Adapter, AnthropicAdapter, OpenAIAdapter
 from providers.canonical import ChatRequest, ChatResponse, StreamEvent
 from providers.sim import SimProfile, SimServer
@@ -77,9 +80,8 @@ class Engine:
         self.listen = ""
         self.state: str = "starting"
         self.started_at = clock()
-        self.drained: frozenset[str] = frozenset()
-        self.safe_mode = False
         self.sim: SimServer | None = None
+        self._operator: Operator | None = None
         self._stack = AsyncExitStack()
         self._store: Store | None = None
         self._controller: Controller | None = None
@@ -150,6 +152,8 @@ class Engine:
         self._controller = Controller(
             config, adapters, self.metrics, self._store, clock=self._clock
         )
+        self._operator = Operator(config, self._store, chaos=self._set_chaos if self.sim else None)
+        await self._operator.load()
         self.state = "running"
         self._publish()
         publisher = asyncio.create_task(self._publisher(), name="routedeck-snapshots")
@@ -164,6 +168,47 @@ class Engine:
         self.state = "stopping"
         await self._stack.aclose()
 
+    def _set_chaos(self, provider: str, knobs: Mapping[str, Any] | None) -> None:
+        assert self.sim is not None
+        if knobs is None:
+            self.sim.chaos.clear(provider)
+        else:
+            self.sim.chaos.set(provider, **knobs)
+
+    @property
+    def operator(self) -> Operator:
+        if self._operator is None:
+            raise RuntimeError("the engine is not running; use `async with Engine(config)`")
+        return self._operator
+
+    @property
+    def drained(self) -> frozenset[str]:
+        return self._operator.drained if self._operator else frozenset()
+
+    @property
+    def safe_mode(self) -> bool:
+        return self._operator.safe_mode if self._operator else False
+
+    # -- operator commands -----------------------------------------------------------------
+
+    def _health(self) -> dict[str, HealthState]:
+        views = self.metrics.deployment_views(self._clock(), self.drained)
+        return {d.name: d.state for d in views}
+
+    def preview(self, command: Command) -> Effect:
+        """What ``command`` would do now, without doing it."""
+        return self.operator.preview(command, self._health())
+
+    async def submit(self, command: Command, *, actor: str, reason: str = "") -> CommandResult:
+        """Apply an operator command: audited and persisted before it takes effect."""
+        result = await self.operator.submit(
+            command, self._health(), actor=actor, reason=reason, now=self._clock()
+        )
+        self._publish()
+        async with self._published:
+            self._published.notify_all()
+        return result
+
     @property
     def store(self) -> Store:
         if self._store is None:
@@ -174,7 +219,8 @@ class Engine:
 
     def route(self, request: ChatRequest) -> Route:
         """Raises `RoutingError` when the model is unknown or nothing can serve it."""
-        return self.router.route(request, drained=self.drained)
+        force = self.operator.safe_tier if self.safe_mode else None
+        return self.router.route(request, drained=self.drained, force_tier=force)
 
     def _deadline(self, route: Route) -> Deadline:
         tier = self.router.tier_of(route)
@@ -352,6 +398,11 @@ class Engine:
             requests_total=m.requests_total,
             errors_total=m.errors_total,
             safe_mode=self.safe_mode,
+            safe_mode_tier=self._operator.safe_tier if self._operator else None,
+            drained=tuple(sorted(self.drained)),
+            drills_available=self.sim is not None,
+            drills=self._operator.drill_views() if self._operator else (),
+            audit=tuple(self._operator.audit) if self._operator else (),
             release="config",
             rollout=None,
             providers=m.provider_views(now, deployments, self.drained),

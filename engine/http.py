@@ -8,9 +8,15 @@ Routes:
 - ``GET /v1/models`` — every model name routedeck answers to (tiers, deployments, aliases), in a
   list both SDKs parse.
 - ``GET /healthz`` — 200 while running, 503 while stopping.
-- ``GET /admin/snapshot`` — the live `Snapshot` as JSON. With an admin token configured
-  (``[server] admin_token_env``) it requires ``Authorization: Bearer <token>``; without one the
-  admin API exists only when the server is bound to loopback.
+- ``GET /admin/snapshot`` — the live `Snapshot` as JSON.
+- ``POST /admin/preview`` — what a command would do (an `Effect`), without doing it.
+- ``POST /admin/commands`` — apply a command (``{"command": "drain", "target": "sim-fast",
+  "actor": "...", "reason": "..."}``, see `engine.commands`); 200 when applied, 409 when refused.
+- ``GET /admin/audit?limit=N`` — the newest audit entries, oldest first.
+
+With an admin token configured (``[server] admin_token_env``) the admin routes require
+``Authorization: Bearer <token>``; without one they exist only when the server is bound to
+loopback.
 
 Every proxied response carries ``x-routedeck-*`` headers (request id, tier, tier reason, arm,
 provider, deployment, model, attempts, fallback path, cache, cost). Every error is in the inbound
@@ -21,6 +27,7 @@ to do; no request ever gets a traceback.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
 import ipaddress
 import logging
@@ -36,6 +43,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from engine.commands import Command, CommandError, command_from_dict
 from engine.control import RequestFailed
 from engine.engine import Engine, ResponseMeta, StreamSession, new_request_id
 from engine.routing import RoutingError
@@ -421,6 +429,46 @@ def create_app(engine: Engine, *, admin_token: str | None, host: str) -> Starlet
             return denied
         return Response(orjson.dumps(engine.snapshot()), media_type="application/json")
 
+    async def admin_body(request: Request) -> tuple[Command, dict[str, Any]] | Response:
+        denied = admin_denied(request)
+        if denied is not None:
+            return denied
+        try:
+            body = await read_json(request)
+            return command_from_dict(body), body
+        except (InvalidRequest, CommandError) as exc:
+            message = exc.message if isinstance(exc, InvalidRequest) else str(exc)
+            return _json({"error": {"message": message}}, 400)
+        except _BodyTooLarge:
+            return _json({"error": {"message": "the command body is too large"}}, 413)
+
+    async def admin_preview(request: Request) -> Response:
+        parsed = await admin_body(request)
+        if isinstance(parsed, Response):
+            return parsed
+        effect = engine.preview(parsed[0])
+        return _json(dataclasses.asdict(effect))
+
+    async def admin_command(request: Request) -> Response:
+        parsed = await admin_body(request)
+        if isinstance(parsed, Response):
+            return parsed
+        command, body = parsed
+        actor = body.get("actor") if isinstance(body.get("actor"), str) else "admin-api"
+        reason = body.get("reason") if isinstance(body.get("reason"), str) else ""
+        result = await engine.submit(command, actor=str(actor), reason=str(reason))
+        return _json(dataclasses.asdict(result), 200 if result.ok else 409)
+
+    async def admin_audit(request: Request) -> Response:
+        denied = admin_denied(request)
+        if denied is not None:
+            return denied
+        try:
+            limit = int(request.query_params.get("limit", "100"))
+        except ValueError:
+            return _json({"error": {"message": "limit must be a whole number"}}, 400)
+        return _json({"entries": await engine.store.fetch_audit(max(1, min(limit, 10_000)))})
+
     async def not_found(request: Request, exc: Exception) -> Response:
         status = getattr(exc, "status_code", 404)
         verb = "is not allowed on" if status == 405 else "does not exist on"
@@ -454,5 +502,8 @@ def create_app(engine: Engine, *, admin_token: str | None, host: str) -> Starlet
             Route("/v1/models", models, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/admin/snapshot", admin_snapshot, methods=["GET"]),
+            Route("/admin/preview", admin_preview, methods=["POST"]),
+            Route("/admin/commands", admin_command, methods=["POST"]),
+            Route("/admin/audit", admin_audit, methods=["GET"]),
         ],
     )

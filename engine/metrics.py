@@ -240,7 +240,7 @@ class Metrics:
             errors = {cause: n for cause, n in errors.items() if n}
             p50, p95, p99 = stats.latency.quantiles(now, (0.5, 0.95, 0.99), w)
             (ttft95,) = stats.ttft.quantiles(now, (0.95,), w)
-            state, reason = self._health(name, stats, now, name in drained)
+            state, reason = self._health(name, stats, now, bool({name, dep.provider} & drained))
             views.append(
                 DeploymentView(
                     name=name,

@@ -44,7 +44,14 @@ class Router:
     def model_names(self) -> tuple[str, ...]:
         return tuple(self._names)
 
-    def route(self, request: ChatRequest, *, drained: frozenset[str] = frozenset()) -> Route:
+    def route(
+        self,
+        request: ChatRequest,
+        *,
+        drained: frozenset[str] = frozenset(),
+        force_tier: str | None = None,
+    ) -> Route:
+        """Resolve ``request.model``; ``force_tier`` (safe mode) overrides the tier it names."""
         target = self._names.get(request.model)
         if target is None:
             close = difflib.get_close_matches(request.model, list(self._names), n=1)
@@ -58,6 +65,8 @@ class Router:
             )
         kind, name = target.split(":", 1)
         reason = "alias" if request.model in self._config.aliases else kind
+        if force_tier is not None:
+            kind, name, reason = "tier", force_tier, "safe_mode"
         if kind == "tier":
             candidates = self._config.tiers[name].deployments
             tier: str | None = name

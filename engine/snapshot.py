@@ -11,6 +11,9 @@ is None, never 0.
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -131,6 +134,25 @@ class RolloutView:
 
 
 @dataclass(frozen=True, slots=True)
+class AuditView:
+    """One operator action, as the event log shows it."""
+
+    id: int
+    at: float
+    actor: str
+    action: str
+    target: str | None
+    result: str
+    summary: str
+
+
+@dataclass(frozen=True, slots=True)
+class DrillView:
+    provider: str
+    kind: str
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     seq: int
     taken_at: float
@@ -142,6 +164,15 @@ class Snapshot:
     requests_total: int
     errors_total: int
     safe_mode: bool
+    safe_mode_tier: str | None
+    """The tier safe mode sends traffic to; None when the config has none."""
+    drained: tuple[str, ...]
+    """Providers and deployments an operator drained."""
+    drills_available: bool
+    """True when simulated providers exist, so drill commands can break and heal them."""
+    drills: tuple[DrillView, ...]
+    audit: tuple[AuditView, ...]
+    """The newest operator actions, newest first."""
     release: str
     rollout: RolloutView | None
     providers: tuple[ProviderView, ...]
@@ -156,3 +187,35 @@ class Snapshot:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Snapshot:
+        """Rebuild a snapshot from `to_dict` output (or its JSON), as the admin API serves it."""
+        snapshot: Snapshot = _build(cls, data)
+        return snapshot
+
+
+def _build(cls: Any, data: Any) -> Any:
+    """Construct dataclass ``cls`` from plain data, recursing through its field types."""
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        kwargs[f.name] = _convert(hints[f.name], data[f.name])
+    return cls(**kwargs)
+
+
+def _convert(tp: Any, value: Any) -> Any:
+    if value is None:
+        return None
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value)
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(args[0], v) for v in value)
+        return tuple(_convert(a, v) for a, v in zip(args, value, strict=True))
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        return _convert(inner[0], value) if len(inner) == 1 else value
+    return value
