@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 from engine.traffic import TrafficGenerator
 from tests.engine.conftest import Proxy
@@ -19,9 +18,10 @@ async def test_generator_sends_a_mix_through_the_proxy(proxy: Proxy) -> None:
         TaskType("reasoning", "high", 1, "Plan {n}", 64),
     )
     async with TrafficGenerator(proxy.url, rate=200, tasks=tasks, seed=1) as gen:
-        deadline = time.monotonic() + 10
-        while gen.stats.ok < 60 and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
+        async with asyncio.timeout(10):
+            async for snap in proxy.engine.snapshots():
+                if snap.requests_total >= 60:
+                    break
     assert gen.stats.ok >= 60 and gen.stats.failed == 0
     snap = proxy.engine.snapshot(fresh=True)
     served = {t.name: t.rps for t in snap.tiers}
