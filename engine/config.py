@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -106,9 +107,15 @@ class DeploymentConfig(_Section):
     """Latency objective: the deployment shows as degraded while its p95 is above it."""
 
 
+Step = str | dict[str, float]
+
+
 class TierConfig(_Section):
-    deployments: tuple[str, ...] = Field(min_length=1)
-    """Ordered: the first is the route's first choice, the rest are fallbacks in order."""
+    deployments: tuple[Step, ...] = Field(min_length=1)
+    """Ordered steps: the first is the route's first choice, the rest are fallbacks in order. A
+    step is a deployment name, or an inline table of names with weights (``{ a = 3, b = 1 }``)
+    that splits the step's traffic by weight; the step's other deployments become its next
+    fallbacks."""
     description: str = ""
     connect_timeout_s: float = Field(default=5.0, gt=0)
     first_token_timeout_s: float | None = Field(default=None, gt=0)
@@ -120,6 +127,19 @@ class TierConfig(_Section):
     """One deadline for the whole request, every attempt included."""
 
     @property
+    def steps(self) -> tuple[tuple[tuple[str, float], ...], ...]:
+        """Each step as ((deployment, weight), ...); a plain name has weight 1."""
+        return tuple(
+            ((step, 1.0),) if isinstance(step, str) else tuple(step.items())
+            for step in self.deployments
+        )
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Every deployment of the tier, in step order."""
+        return tuple(name for step in self.steps for name, _ in step)
+
+    @property
     def first_token_s(self) -> float:
         return self.first_token_timeout_s or min(15.0, self.timeout_s)
 
@@ -128,11 +148,42 @@ class TierConfig(_Section):
         return self.attempt_timeout_s or min(30.0, self.timeout_s)
 
 
+class BreakerConfig(_Section):
+    window_s: int = Field(default=30, ge=1, le=3600)
+    """Errors are counted over this many seconds."""
+    error_rate: float = Field(default=0.5, gt=0, le=1)
+    """Open when this share of the window's attempts failed ..."""
+    min_attempts: int = Field(default=10, ge=1)
+    """... and the window holds at least this many attempts."""
+    consecutive_failures: int = Field(default=5, ge=1)
+    """Open after this many failures in a row, whatever the window says."""
+    open_s: float = Field(default=15.0, gt=0)
+    """How long an open breaker keeps the deployment out before a probe."""
+    half_open_probes: int = Field(default=1, ge=1)
+    """Requests let through at once to probe a half-open deployment."""
+
+
 class PolicyConfig(_Section):
     fallback_on: frozenset[FallbackTrigger] = frozenset(
         {"connect", "timeout", "429", "5xx", "overloaded"}
     )
     max_attempts: int = Field(default=3, ge=1, le=10)
+    retry_budget: float = Field(default=0.2, ge=0, le=10)
+    """Extra attempts (retries and fallbacks) allowed, as a share of recent requests."""
+    retry_budget_window_s: int = Field(default=10, ge=1, le=3600)
+    retry_budget_floor: int = Field(default=3, ge=0)
+    """Extra attempts always allowed per window, so a quiet service can still fall back."""
+    same_deployment_retries: int = Field(default=0, ge=0, le=5)
+    """Retries on the same deployment, for connect errors and 5xx only, before moving on."""
+    backoff_ms: float = Field(default=100.0, ge=0)
+    """Base of the jittered exponential backoff between retries on the same deployment."""
+    cooldown_max_s: float = Field(default=60.0, ge=0)
+    """A 429's Retry-After cools a deployment for that long, at most this long."""
+    fallback_cost_ceiling: float | None = Field(default=3.0, gt=0)
+    """Refuse a fallback whose estimated cost is over this multiple of the first choice's."""
+    on_cost_ceiling: Literal["refuse", "recovery"] = "refuse"
+    """Over the ceiling: skip that deployment, or send the request to the safe-mode tier."""
+    breaker: BreakerConfig = BreakerConfig()
     safe_mode_tier: str | None = None
     """The tier safe mode sends every request to; default: the tier named "recovery", if any."""
 
@@ -140,6 +191,62 @@ class PolicyConfig(_Section):
         if self.safe_mode_tier is not None:
             return self.safe_mode_tier
         return "recovery" if "recovery" in tiers else None
+
+
+class TenantConfig(_Section):
+    """Who pays. Requests without a virtual key belong to the tenant named "local"."""
+
+    regions: tuple[str, ...] | None = None
+    """Provider regions this tenant's requests may be served in; None allows any."""
+    compliance: tuple[str, ...] = ()
+    """Compliance tags every provider serving this tenant must have (e.g. "no-training")."""
+    internal: bool = False
+    """Internal tenants see a release first, in its "internal" rollout stage."""
+
+
+class RuleConfig(_Section):
+    """A classifier rule: every condition given must hold; the first rule that matches wins."""
+
+    name: str = Field(min_length=1)
+    tier: str
+    min_input_tokens: int | None = Field(default=None, ge=0)
+    max_input_tokens: int | None = Field(default=None, ge=0)
+    has_tools: bool | None = None
+    min_turns: int | None = Field(default=None, ge=1)
+    """Conversation depth: messages other than system prompts."""
+    pattern: str | None = None
+    """A regular expression searched in the last user message."""
+
+    @model_validator(mode="after")
+    def _valid(self) -> RuleConfig:
+        conditions = (
+            self.min_input_tokens,
+            self.max_input_tokens,
+            self.has_tools,
+            self.min_turns,
+            self.pattern,
+        )
+        if all(c is None for c in conditions):
+            raise ValueError(
+                f"rule {self.name!r} has no condition; give min_input_tokens, max_input_tokens, "
+                "has_tools, min_turns or pattern"
+            )
+        if self.pattern is not None:
+            try:
+                re.compile(self.pattern)
+            except re.error as exc:
+                raise ValueError(
+                    f"pattern {self.pattern!r} is not a valid regular expression: {exc}"
+                ) from None
+        return self
+
+
+class ClassifierConfig(_Section):
+    auto_models: tuple[str, ...] = ("auto",)
+    """Model names that let routedeck choose the tier: by task type, then rules, then default."""
+    default_tier: str | None = None
+    """The tier when neither a task type nor a rule decides (default: "medium", else the first)."""
+    rules: tuple[RuleConfig, ...] = ()
 
 
 class Config(_Section):
@@ -150,6 +257,10 @@ class Config(_Section):
     tiers: dict[str, TierConfig] = Field(min_length=1)
     aliases: dict[str, str] = Field(default_factory=dict)
     """Client-facing model names, each naming a tier or a deployment."""
+    tasks: dict[str, str] = Field(default_factory=dict)
+    """Task type (``x-routedeck-task`` header or ``metadata.task``) -> tier."""
+    classifier: ClassifierConfig = ClassifierConfig()
+    tenants: dict[str, TenantConfig] = Field(default_factory=dict)
     policy: PolicyConfig = PolicyConfig()
 
     source: str = Field(default="<memory>", exclude=True)
@@ -160,9 +271,15 @@ class Config(_Section):
         path = Path(self.state.path)
         return path if path.is_absolute() else Path(self.base_dir) / path
 
+    def default_tier(self) -> str:
+        if self.classifier.default_tier is not None:
+            return self.classifier.default_tier
+        return "medium" if "medium" in self.tiers else next(iter(self.tiers))
+
     def model_names(self) -> dict[str, str]:
         """Every name a client may send as ``model``, mapped to what it resolves to."""
-        names: dict[str, str] = {name: f"tier:{name}" for name in self.tiers}
+        names: dict[str, str] = {name: "auto:" for name in self.classifier.auto_models}
+        names.update({name: f"tier:{name}" for name in self.tiers})
         names.update({name: f"deployment:{name}" for name in self.deployments})
         for alias, target in self.aliases.items():
             names[alias] = names.get(target, target)
@@ -318,20 +435,31 @@ def _cross_check(config: Config) -> list[Problem]:
             unknown(f"deployments.{name}.provider", "provider", dep.provider, config.providers)
     for name, tier in config.tiers.items():
         seen: set[str] = set()
-        for i, dep_name in enumerate(tier.deployments):
-            if dep_name not in config.deployments:
-                unknown(
-                    f"tiers.{name}.deployments[{i}]", "deployment", dep_name, config.deployments
+        for i, step in enumerate(tier.steps):
+            where = f"tiers.{name}.deployments[{i}]"
+            if isinstance(tier.deployments[i], dict) and not step:
+                problems.append(Problem(where, "is an empty step", "name at least one deployment"))
+            for dep_name, weight in step:
+                path = (
+                    where
+                    if len(step) == 1 and isinstance(tier.deployments[i], str)
+                    else f"{where}.{dep_name}"
                 )
-            elif dep_name in seen:
-                problems.append(
-                    Problem(
-                        f"tiers.{name}.deployments[{i}]",
-                        f"{dep_name!r} is listed twice",
-                        "list each deployment once, in fallback order",
+                if dep_name not in config.deployments:
+                    unknown(path, "deployment", dep_name, config.deployments)
+                elif dep_name in seen:
+                    problems.append(
+                        Problem(
+                            path,
+                            f"{dep_name!r} is listed twice",
+                            "list each deployment once, in fallback order",
+                        )
                     )
-                )
-            seen.add(dep_name)
+                if weight <= 0:
+                    problems.append(
+                        Problem(path, f"weight {weight:g} must be above 0", "use a positive weight")
+                    )
+                seen.add(dep_name)
         for key in ("first_token_timeout_s", "attempt_timeout_s"):
             value = getattr(tier, key)
             if value is not None and value > tier.timeout_s:
@@ -345,6 +473,45 @@ def _cross_check(config: Config) -> list[Problem]:
     safe = config.policy.safe_mode_tier
     if safe is not None and safe not in config.tiers:
         unknown("policy.safe_mode_tier", "tier", safe, config.tiers)
+    if (
+        config.policy.on_cost_ceiling == "recovery"
+        and config.policy.safe_tier(config.tiers) is None
+    ):
+        problems.append(
+            Problem(
+                "policy.on_cost_ceiling",
+                '"recovery" needs a safe-mode tier',
+                'define [tiers.recovery] or set policy.safe_mode_tier, or use "refuse"',
+            )
+        )
+    for task, tier_name in config.tasks.items():
+        if tier_name not in config.tiers:
+            unknown(f"tasks.{task}", "tier", tier_name, config.tiers)
+    default = config.classifier.default_tier
+    if default is not None and default not in config.tiers:
+        unknown("classifier.default_tier", "tier", default, config.tiers)
+    for i, rule in enumerate(config.classifier.rules):
+        if rule.tier not in config.tiers:
+            unknown(f"classifier.rules[{i}].tier", "tier", rule.tier, config.tiers)
+    names = [r.name for r in config.classifier.rules]
+    for i, rule in enumerate(config.classifier.rules):
+        if names.index(rule.name) != i:
+            problems.append(
+                Problem(
+                    f"classifier.rules[{i}].name",
+                    f"{rule.name!r} is used twice",
+                    "give every rule its own name; it is the reason in headers",
+                )
+            )
+    for auto in config.classifier.auto_models:
+        if auto in config.tiers or auto in config.deployments or auto in config.aliases:
+            problems.append(
+                Problem(
+                    "classifier.auto_models",
+                    f"{auto!r} is also a tier, deployment or alias",
+                    "a model name must mean one thing",
+                )
+            )
     clash = set(config.tiers) & set(config.deployments)
     for name in sorted(clash):
         problems.append(

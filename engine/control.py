@@ -14,12 +14,16 @@ Every attempt is reported to `Metrics` and the request log as it ends, with its 
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 
+from engine.breakers import Breakers
 from engine.config import Config, DeploymentConfig
 from engine.metrics import Metrics
+from engine.retry_budget import RetryBudget
+from engine.routing import Route
 from providers.adapters import Adapter, Timeouts
 from providers.canonical import ChatRequest, ChatResponse, StreamEnd, StreamEvent, Usage
 from providers.errors import (
@@ -36,6 +40,9 @@ from state.store import Store
 # A StreamBroken before the first event is an upstream that failed to produce a stream: for the
 # fallback policy it is a server error.
 _TRIGGER_OF_CAUSE = {"stream": "5xx"}
+# Transient failures worth one more try on the same deployment; a 429 waits out its cooldown,
+# and a timeout usually means the deployment is overloaded, so those move on instead.
+_SAME_DEPLOYMENT_CAUSES = frozenset({"connect", "5xx"})
 
 
 class ClientGone(ProviderError):
@@ -94,6 +101,19 @@ class Attempts:
         return tuple(err.cause for _, err in self.failures)
 
 
+@dataclass(slots=True)
+class _Plan:
+    """Where one request's attempt loop stands."""
+
+    chain: tuple[str, ...]
+    deadline: Deadline
+    attempts: Attempts
+    index: int = 0
+    retries: dict[str, int] = field(default_factory=dict)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    budget_exhausted: bool = False
+
+
 @dataclass(frozen=True, slots=True)
 class Deadline:
     """The request's deadline and the per-attempt limits inside it, in seconds."""
@@ -118,30 +138,80 @@ class Controller:
         metrics: Metrics,
         store: Store,
         *,
+        breakers: Breakers,
+        retry_budget: RetryBudget,
         clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
     ) -> None:
         self._config = config
         self._adapters = adapters
         self._metrics = metrics
         self._store = store
+        self._breakers = breakers
+        self._budget = retry_budget
         self._clock = clock
+        self._rng = rng or random.Random()
 
     # -- shared pieces ---------------------------------------------------------------------
 
-    def _next_index(self, chain: tuple[str, ...], i: int, err: ProviderError | None) -> int | None:
-        """The chain position to try after a failure at ``i``, or None to stop."""
+    async def _next(self, plan: _Plan, err: ProviderError | None) -> str | None:
+        """The deployment to try next (after ``err`` at the current one), or None to stop.
+
+        Retries the same deployment for connect errors and 5xx while the policy allows, after a
+        jittered backoff; otherwise moves down the chain (a context-length failure skips to the
+        next larger window), passing over deployments whose breaker opened meanwhile. Every
+        attempt after the first must come out of the retry budget."""
+        policy = self._config.policy
+        chain = plan.chain
         if err is None:
-            return i + 1
-        if isinstance(err, ContextTooLong):
-            window = self._config.deployments[chain[i]].context_window
-            for j in range(i + 1, len(chain)):
-                if self._config.deployments[chain[j]].context_window > window:
-                    return j
+            return chain[0]
+        if len(plan.attempts.path) >= policy.max_attempts:
             return None
+        i = plan.index
         trigger = _TRIGGER_OF_CAUSE.get(err.cause, err.cause)
-        if err.retryable and trigger in self._config.policy.fallback_on:
-            return i + 1
-        return None
+        now = self._clock()
+        same = (
+            err.cause in _SAME_DEPLOYMENT_CAUSES
+            and plan.retries.get(chain[i], 0) < policy.same_deployment_retries
+            and not self._breakers.unavailable(chain[i], now)
+        )
+        if same:
+            candidate: int | None = i
+        elif isinstance(err, ContextTooLong):
+            window = self._config.deployments[chain[i]].context_window
+            candidate = next(
+                (
+                    j
+                    for j in range(i + 1, len(chain))
+                    if self._config.deployments[chain[j]].context_window > window
+                ),
+                None,
+            )
+        elif err.retryable and trigger in policy.fallback_on:
+            candidate = i + 1
+        else:
+            candidate = None
+        while candidate is not None and candidate < len(chain) and not same:
+            why = self._breakers.unavailable(chain[candidate], now)
+            if not why:
+                break
+            plan.skipped.append((chain[candidate], why))
+            candidate += 1
+        if candidate is None or candidate >= len(chain):
+            return None
+        if not self._budget.try_spend(now):
+            plan.budget_exhausted = True
+            return None
+        if candidate == i:
+            retry = plan.retries.get(chain[i], 0)
+            plan.retries[chain[i]] = retry + 1
+            # Full jitter: spreads retries of many clients so they do not arrive together.
+            pause = self._rng.uniform(0, policy.backoff_ms * 2**retry) / 1000
+            if pause >= plan.deadline.remaining():
+                return None
+            await asyncio.sleep(pause)
+        plan.index = candidate
+        return chain[candidate]
 
     def _cost(self, dep: DeploymentConfig, usage: Usage | None) -> float | None:
         if dep.price is None or usage is None:
@@ -150,6 +220,13 @@ class Controller:
             usage.input_tokens * dep.price.input_per_mtok
             + usage.output_tokens * dep.price.output_per_mtok
         ) / 1_000_000
+
+    def _begin(self, attempts: Attempts, name: str) -> tuple[float, float]:
+        attempts.path.append(name)
+        now = self._clock()
+        self._breakers.begin(name, now)
+        self._metrics.attempt_started(name)
+        return now, time.monotonic()
 
     def _record(
         self,
@@ -180,6 +257,8 @@ class Controller:
         )
         self._metrics.attempt_finished(rec)
         self._store.log_attempt(rec)
+        retry_after = error.retry_after if isinstance(error, RateLimited) else None
+        self._breakers.record(name, rec.outcome, self._clock(), retry_after=retry_after)
         if error is None:
             attempts.served_by = name
             attempts.usage = usage
@@ -198,9 +277,18 @@ class Controller:
         read = min(deadline.first_token if first_token else deadline.attempt, remaining)
         return Timeouts(connect=min(deadline.connect, remaining), read=read), read
 
-    def _give_up(
-        self, attempts: Attempts, chain: tuple[str, ...], deadline: Deadline
-    ) -> RequestFailed:
+    def _give_up(self, plan: _Plan) -> RequestFailed:
+        attempts, deadline = plan.attempts, plan.deadline
+        if plan.budget_exhausted:
+            tried = "; ".join(f"{n}: {e.cause}" for n, e in attempts.failures)
+            return RequestFailed(
+                f"Failing fast: the retry budget is spent ({self._budget.describe(self._clock())})"
+                f", so routedeck is not retrying ({tried}). Upstreams are failing; retry later.",
+                status=503,
+                kind="unavailable",
+                code="retry_budget_exhausted",
+                cause=attempts.failures[-1][1].cause if attempts.failures else "unavailable",
+            )
         if not attempts.failures:
             return RequestFailed(
                 "The request's deadline passed before any upstream could be tried.",
@@ -253,6 +341,8 @@ class Controller:
                 cause="429",
                 retry_after=min(waits) if waits else None,
             )
+        skipped = "".join(f"; {n} skipped: {why}" for n, why in plan.skipped)
+        tried += skipped
         if deadline.remaining() <= 0 or isinstance(last, ProviderTimeout):
             return RequestFailed(
                 f"No upstream answered within the deadline ({tried}).",
@@ -272,19 +362,14 @@ class Controller:
     # -- non-streaming ---------------------------------------------------------------------
 
     async def complete(
-        self, request: ChatRequest, chain: tuple[str, ...], deadline: Deadline, attempts: Attempts
+        self, request: ChatRequest, route: Route, deadline: Deadline, attempts: Attempts
     ) -> ChatResponse:
-        i: int | None = 0
-        while (
-            i is not None
-            and i < len(chain)
-            and len(attempts.path) < self._config.policy.max_attempts
-        ):
-            name = chain[i]
+        plan = _Plan(route.chain, deadline, attempts, skipped=list(route.skipped))
+        self._budget.request(self._clock())
+        err: ProviderError | None = None
+        while (name := await self._next(plan, err)) is not None:
             dep = self._config.deployments[name]
-            attempts.path.append(name)
-            started_wall, started = self._clock(), time.monotonic()
-            self._metrics.attempt_started(name)
+            started_wall, started = self._begin(attempts, name)
             try:
                 timeouts, budget = self._timeouts(deadline, first_token=False)
                 async with asyncio.timeout(budget):
@@ -292,9 +377,7 @@ class Controller:
                         request, dep.model, timeouts=timeouts
                     )
             except TimeoutError:
-                err: ProviderError = ProviderTimeout(
-                    f"no answer within {budget:.1f}s", phase="total"
-                )
+                err = ProviderTimeout(f"no answer within {budget:.1f}s", phase="total")
             except ProviderError as exc:
                 err = exc
             else:
@@ -309,26 +392,20 @@ class Controller:
                 )
                 return response
             self._record(attempts, name, started_wall, started, error=err, usage=None, ttft_ms=None)
-            i = self._next_index(chain, i, err)
-        raise self._give_up(attempts, chain, deadline)
+        raise self._give_up(plan)
 
     # -- streaming -------------------------------------------------------------------------
 
     async def open_stream(
-        self, request: ChatRequest, chain: tuple[str, ...], deadline: Deadline, attempts: Attempts
+        self, request: ChatRequest, route: Route, deadline: Deadline, attempts: Attempts
     ) -> StreamHandle:
         """Try deployments until one produces its first event; nothing has reached the client yet."""
-        i: int | None = 0
-        while (
-            i is not None
-            and i < len(chain)
-            and len(attempts.path) < self._config.policy.max_attempts
-        ):
-            name = chain[i]
+        plan = _Plan(route.chain, deadline, attempts, skipped=list(route.skipped))
+        self._budget.request(self._clock())
+        err: ProviderError | None = None
+        while (name := await self._next(plan, err)) is not None:
             dep = self._config.deployments[name]
-            attempts.path.append(name)
-            started_wall, started = self._clock(), time.monotonic()
-            self._metrics.attempt_started(name)
+            started_wall, started = self._begin(attempts, name)
             events: AsyncIterator[StreamEvent] | None = None
             try:
                 timeouts, budget = self._timeouts(deadline, first_token=True)
@@ -336,9 +413,7 @@ class Controller:
                 async with asyncio.timeout(budget):
                     first = await anext(events)
             except TimeoutError:
-                err: ProviderError = ProviderTimeout(
-                    f"no first token within {budget:.1f}s", phase="first_token"
-                )
+                err = ProviderTimeout(f"no first token within {budget:.1f}s", phase="first_token")
             except StopAsyncIteration:
                 err = StreamBroken("the upstream closed the stream before any event")
             except ProviderError as exc:
@@ -353,8 +428,7 @@ class Controller:
             if events is not None:
                 await _aclose(events)
             self._record(attempts, name, started_wall, started, error=err, usage=None, ttft_ms=None)
-            i = self._next_index(chain, i, err)
-        raise self._give_up(attempts, chain, deadline)
+        raise self._give_up(plan)
 
 
 async def _aclose(events: AsyncIterator[StreamEvent]) -> None:

@@ -25,12 +25,21 @@ from typing import Any
 
 import httpx
 
+from engine.breakers import Breakers
 from engine.commands import Command, CommandResult, Effect
 from engine.config import Config, missing_secrets
 from engine.control import Attempts, Controller, Deadline, RequestFailed, StreamHandle
 from engine.metrics import Metrics
 from engine.operator import Operator
-from engine.routing import Route, Router
+from engine.retry_budget import RetryBudget
+from engine.routing import (
+    ANYWHERE,
+    Constraints,
+    Route,
+    Router,
+    RoutingError,
+    tenant_constraints,
+)
 from engine.snapshot import HealthState, Snapshot
 from providers.adapters import Adapter, AnthropicAdapter, OpenAIAdapter
 from providers.canonical import ChatRequest, ChatResponse, StreamEvent
@@ -39,6 +48,8 @@ from state.records import RequestRecord
 from state.store import Store
 
 ARM_BASELINE = "baseline"
+TENANT_LOCAL = "local"
+"""The tenant of requests that carry no virtual key."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +86,13 @@ class Engine:
         self._clock = clock
         self._environ = os.environ if environ is None else environ
         self.router = Router(config)
+        policy = config.policy
+        self.breakers = Breakers(
+            policy.breaker, tuple(config.deployments), cooldown_max_s=policy.cooldown_max_s
+        )
+        self.retry_budget = RetryBudget(
+            policy.retry_budget, policy.retry_budget_window_s, policy.retry_budget_floor
+        )
         self.metrics = Metrics(config, clock=clock, recent=config.server.recent_requests)
         self.warnings = [str(p) for p in missing_secrets(config, self._environ)]
         self.listen = ""
@@ -150,7 +168,13 @@ class Engine:
         for name, dep in config.deployments.items():
             adapters[name] = by_provider[dep.provider]
         self._controller = Controller(
-            config, adapters, self.metrics, self._store, clock=self._clock
+            config,
+            adapters,
+            self.metrics,
+            self._store,
+            breakers=self.breakers,
+            retry_budget=self.retry_budget,
+            clock=self._clock,
         )
         self._operator = Operator(config, self._store, chaos=self._set_chaos if self.sim else None)
         await self._operator.load()
@@ -167,6 +191,12 @@ class Engine:
     ) -> None:
         self.state = "stopping"
         await self._stack.aclose()
+
+    def set_listen(self, url: str) -> None:
+        """The proxy is serving at ``url``; snapshots show it from now on."""
+        self.listen = url
+        if self._controller is not None:
+            self._publish()
 
     def _set_chaos(self, provider: str, knobs: Mapping[str, Any] | None) -> None:
         assert self.sim is not None
@@ -192,7 +222,7 @@ class Engine:
     # -- operator commands -----------------------------------------------------------------
 
     def _health(self) -> dict[str, HealthState]:
-        views = self.metrics.deployment_views(self._clock(), self.drained)
+        views = self.metrics.deployment_views(self._clock(), self.drained, self.breakers)
         return {d.name: d.state for d in views}
 
     def preview(self, command: Command) -> Effect:
@@ -217,10 +247,30 @@ class Engine:
 
     # -- the request path ------------------------------------------------------------------
 
-    def route(self, request: ChatRequest) -> Route:
+    def route(
+        self,
+        request: ChatRequest,
+        *,
+        tenant: str = TENANT_LOCAL,
+        task: str | None = None,
+        constraints: Constraints = ANYWHERE,
+    ) -> Route:
         """Raises `RoutingError` when the model is unknown or nothing can serve it."""
         force = self.operator.safe_tier if self.safe_mode else None
-        return self.router.route(request, drained=self.drained, force_tier=force)
+        tenant_config = self.config.tenants.get(tenant)
+        if tenant_config is not None:
+            constraints = constraints.merge(
+                tenant_constraints(tenant_config.regions, tenant_config.compliance)
+            )
+        now = self._clock()
+        return self.router.route(
+            request,
+            task=task,
+            constraints=constraints,
+            drained=self.drained,
+            unavailable=lambda name: self.breakers.unavailable(name, now),
+            force_tier=force,
+        )
 
     def _deadline(self, route: Route) -> Deadline:
         tier = self.router.tier_of(route)
@@ -231,82 +281,98 @@ class Engine:
             expires_at=time.monotonic() + tier.timeout_s,
         )
 
+    def _start_call(
+        self,
+        request: ChatRequest,
+        *,
+        api: str,
+        tenant: str,
+        request_id: str | None,
+        task: str | None,
+        constraints: Constraints,
+    ) -> _Call:
+        call = _Call(
+            request=request,
+            api=api,
+            tenant=tenant,
+            task=task,
+            attempts=Attempts(request_id or new_request_id()),
+            started_wall=self._clock(),
+            started=time.monotonic(),
+        )
+        try:
+            call.route = self.route(request, tenant=tenant, task=task, constraints=constraints)
+        except RoutingError as exc:
+            self._log(
+                call, stream=request.stream, status=exc.status, outcome=exc.code, error=exc.message
+            )
+            raise
+        return call
+
     async def complete(
-        self, request: ChatRequest, *, api: str, tenant: str, request_id: str | None = None
+        self,
+        request: ChatRequest,
+        *,
+        api: str,
+        tenant: str = TENANT_LOCAL,
+        request_id: str | None = None,
+        task: str | None = None,
+        constraints: Constraints = ANYWHERE,
     ) -> tuple[ChatResponse, ResponseMeta]:
         """Serve a non-streaming request. Raises `RoutingError` or `RequestFailed`."""
         assert self._controller is not None
-        request_id = request_id or new_request_id()
-        started_wall, started = self._clock(), time.monotonic()
-        route = self.route(request)
-        attempts = Attempts(request_id)
+        call = self._start_call(
+            request,
+            api=api,
+            tenant=tenant,
+            request_id=request_id,
+            task=task,
+            constraints=constraints,
+        )
+        assert call.route is not None
         try:
             response = await self._controller.complete(
-                request, route.chain, self._deadline(route), attempts
+                request, call.route, self._deadline(call.route), call.attempts
             )
         except RequestFailed as exc:
-            self._log(
-                request,
-                api,
-                tenant,
-                route,
-                attempts,
-                started_wall,
-                started,
-                stream=False,
-                status=exc.status,
-                outcome=exc.cause,
-                error=exc.message,
-            )
+            self._log(call, stream=False, status=exc.status, outcome=exc.cause, error=exc.message)
             raise
-        self._log(
-            request,
-            api,
-            tenant,
-            route,
-            attempts,
-            started_wall,
-            started,
-            stream=False,
-            status=200,
-            outcome="ok",
-            error=None,
-        )
-        assert attempts.served_by is not None
-        return response, self._meta(route, attempts, attempts.served_by)
+        self._log(call, stream=False, status=200, outcome="ok", error=None)
+        assert call.attempts.served_by is not None
+        return response, self._meta(call.route, call.attempts, call.attempts.served_by)
 
     async def stream(
-        self, request: ChatRequest, *, api: str, tenant: str, request_id: str | None = None
+        self,
+        request: ChatRequest,
+        *,
+        api: str,
+        tenant: str = TENANT_LOCAL,
+        request_id: str | None = None,
+        task: str | None = None,
+        constraints: Constraints = ANYWHERE,
     ) -> StreamSession:
         """Open a stream: fallback happens here, before anything reaches the client.
 
         Raises `RoutingError` or `RequestFailed`. The returned session must be closed.
         """
         assert self._controller is not None
-        request_id = request_id or new_request_id()
-        started_wall, started = self._clock(), time.monotonic()
-        route = self.route(request)
-        attempts = Attempts(request_id)
+        call = self._start_call(
+            request,
+            api=api,
+            tenant=tenant,
+            request_id=request_id,
+            task=task,
+            constraints=constraints,
+        )
+        assert call.route is not None
         try:
             handle = await self._controller.open_stream(
-                request, route.chain, self._deadline(route), attempts
+                request, call.route, self._deadline(call.route), call.attempts
             )
         except RequestFailed as exc:
-            self._log(
-                request,
-                api,
-                tenant,
-                route,
-                attempts,
-                started_wall,
-                started,
-                stream=True,
-                status=exc.status,
-                outcome=exc.cause,
-                error=exc.message,
-            )
+            self._log(call, stream=True, status=exc.status, outcome=exc.cause, error=exc.message)
             raise
-        return StreamSession(self, request, api, tenant, route, handle, started_wall, started)
+        return StreamSession(self, call, handle)
 
     def _meta(self, route: Route, attempts: Attempts, deployment: str) -> ResponseMeta:
         dep = self.config.deployments[deployment]
@@ -325,30 +391,19 @@ class Engine:
         )
 
     def _log(
-        self,
-        request: ChatRequest,
-        api: str,
-        tenant: str,
-        route: Route,
-        attempts: Attempts,
-        started_wall: float,
-        started: float,
-        *,
-        stream: bool,
-        status: int,
-        outcome: str,
-        error: str | None,
+        self, call: _Call, *, stream: bool, status: int, outcome: str, error: str | None
     ) -> None:
+        attempts, route = call.attempts, call.route
         served = attempts.served_by
         usage = attempts.usage
         rec = RequestRecord(
             request_id=attempts.request_id,
-            started_at=started_wall,
-            tenant=tenant,
-            api=api,
-            model_requested=request.model,
-            tier=route.tier,
-            tier_reason=route.reason,
+            started_at=call.started_wall,
+            tenant=call.tenant,
+            api=call.api,
+            model_requested=call.request.model,
+            tier=route.tier if route else None,
+            tier_reason=route.reason if route else None,
             arm=ARM_BASELINE,
             deployment=served,
             provider=self.config.deployments[served].provider if served else None,
@@ -357,13 +412,14 @@ class Engine:
             outcome=outcome,
             attempts=len(attempts.path),
             fallback=attempts.fallback,
-            latency_ms=(time.monotonic() - started) * 1000,
+            latency_ms=(time.monotonic() - call.started) * 1000,
             ttft_ms=attempts.ttft_ms,
             input_tokens=usage.input_tokens if usage else None,
             output_tokens=usage.output_tokens if usage else None,
             cost_usd=attempts.cost_usd,
             cache="bypass",
             error=error,
+            task=call.task,
         )
         self.metrics.request_finished(rec, tuple(attempts.path), attempts.fallback_causes)
         self.store.log_request(rec)
@@ -380,7 +436,7 @@ class Engine:
     def _build(self) -> Snapshot:
         now = self._clock()
         m = self.metrics
-        deployments = m.deployment_views(now, self.drained)
+        deployments = m.deployment_views(now, self.drained, self.breakers)
         by_name = {d.name: d for d in deployments}
         self._seq += 1
         return Snapshot(
@@ -442,27 +498,13 @@ class Engine:
 class StreamSession:
     """A stream that has its first event. Iterate it once, then `close` it (always)."""
 
-    def __init__(
-        self,
-        engine: Engine,
-        request: ChatRequest,
-        api: str,
-        tenant: str,
-        route: Route,
-        handle: StreamHandle,
-        started_wall: float,
-        started: float,
-    ) -> None:
+    def __init__(self, engine: Engine, call: _Call, handle: StreamHandle) -> None:
+        assert call.route is not None
         self._engine = engine
-        self._request = request
-        self._api = api
-        self._tenant = tenant
-        self._route = route
+        self._call = call
         self._handle = handle
-        self._started_wall = started_wall
-        self._started = started
         self._closed = False
-        self.meta = engine._meta(route, handle.attempts, handle.deployment)
+        self.meta = engine._meta(call.route, handle.attempts, handle.deployment)
         """Known when the first event arrives; ``cost_usd`` is None until the stream ends."""
 
     def __aiter__(self) -> AsyncIterator[StreamEvent]:
@@ -475,18 +517,26 @@ class StreamSession:
         await self._handle.close()
         err = self._handle.error
         self._engine._log(
-            self._request,
-            self._api,
-            self._tenant,
-            self._route,
-            self._handle.attempts,
-            self._started_wall,
-            self._started,
+            self._call,
             stream=True,
             status=200,
             outcome="ok" if err is None else err.cause,
             error=None if err is None else err.message,
         )
+
+
+@dataclass(slots=True)
+class _Call:
+    """One request on its way through the engine."""
+
+    request: ChatRequest
+    api: str
+    tenant: str
+    task: str | None
+    attempts: Attempts
+    started_wall: float
+    started: float
+    route: Route | None = None
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:

@@ -45,15 +45,13 @@ from starlette.types import Receive, Scope, Send
 
 from engine.commands import Command, CommandError, command_from_dict
 from engine.control import RequestFailed
-from engine.engine import Engine, ResponseMeta, StreamSession, new_request_id
-from engine.routing import RoutingError
+from engine.engine import TENANT_LOCAL, Engine, ResponseMeta, StreamSession, new_request_id
+from engine.routing import RoutingError, constraints_from
 from providers import anthropic_wire, openai_wire
 from providers.canonical import ChatRequest
 from providers.errors import InvalidRequest, ProviderError
 
 log = logging.getLogger("routedeck.http")
-
-TENANT_LOCAL = "local"
 
 
 class _BodyTooLarge(Exception):
@@ -66,13 +64,16 @@ class _Failure:
 
     status: int
     kind: str
-    """``invalid_request``, ``not_found``, ``too_large``, ``auth``, ``rate_limit``, ``timeout``,
-    ``upstream``, ``context_length`` or ``unavailable``."""
+    """``invalid_request``, ``not_found``, ``too_large``, ``auth``, ``forbidden``,
+    ``rate_limit``, ``timeout``, ``upstream``, ``context_length`` or ``unavailable``."""
     message: str
     code: str | None = None
     param: str | None = None
     retry_after: float | None = None
 
+
+_ROUTING_KINDS = {"context_length_exceeded": "context_length"}
+_STATUS_KINDS = {400: "invalid_request", 403: "forbidden", 404: "not_found", 503: "unavailable"}
 
 _OPENAI_TYPES = {
     "invalid_request": "invalid_request_error",
@@ -80,6 +81,7 @@ _OPENAI_TYPES = {
     "not_found": "invalid_request_error",
     "too_large": "invalid_request_error",
     "auth": "authentication_error",
+    "forbidden": "permission_error",
     "rate_limit": "rate_limit_error",
     "timeout": "timeout_error",
     "upstream": "upstream_error",
@@ -91,6 +93,7 @@ _ANTHROPIC_TYPES = {
     "not_found": "not_found_error",
     "too_large": "request_too_large",
     "auth": "authentication_error",
+    "forbidden": "permission_error",
     "rate_limit": "rate_limit_error",
     "timeout": "api_error",
     "upstream": "api_error",
@@ -333,21 +336,37 @@ def create_app(engine: Engine, *, admin_token: str | None, host: str) -> Starlet
             except ClientDisconnect:
                 return Response(status_code=499)
             tenant = TENANT_LOCAL
+            task = request.headers.get("x-routedeck-task") or chat.metadata.get("task") or None
+            constraints = constraints_from(
+                request.headers.get("x-routedeck-region"),
+                request.headers.get("x-routedeck-compliance"),
+            )
             try:
                 if chat.stream:
                     session = await engine.stream(
-                        chat, api=dialect.name, tenant=tenant, request_id=request_id
+                        chat,
+                        api=dialect.name,
+                        tenant=tenant,
+                        request_id=request_id,
+                        task=task,
+                        constraints=constraints,
                     )
                     encoder = dialect.encoder(request_id, chat, session.meta)
                     return _SSEResponse(
                         dialect, session, encoder, meta_headers(session.meta, with_cost=False)
                     )
                 response, meta = await engine.complete(
-                    chat, api=dialect.name, tenant=tenant, request_id=request_id
+                    chat,
+                    api=dialect.name,
+                    tenant=tenant,
+                    request_id=request_id,
+                    task=task,
+                    constraints=constraints,
                 )
             except RoutingError as exc:
-                kind = "not_found" if exc.status == 404 else "unavailable"
-                return fail(_Failure(exc.status, kind, exc.message, code=exc.code, param="model"))
+                kind = _ROUTING_KINDS.get(exc.code) or _STATUS_KINDS.get(exc.status, "unavailable")
+                param = "model" if exc.status == 404 else None
+                return fail(_Failure(exc.status, kind, exc.message, code=exc.code, param=param))
             except RequestFailed as exc:
                 return fail(
                     _Failure(

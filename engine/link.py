@@ -29,10 +29,15 @@ class LinkError(Exception):
 
 
 class EngineLink(Protocol):
-    label: str
-    """Where the engine is: its listen address, or the URL attached to."""
-    attached: bool
-    """True for a remote engine reached through its admin API."""
+    @property
+    def label(self) -> str:
+        """Where the engine is: its listen address, or the URL attached to."""
+        ...
+
+    @property
+    def attached(self) -> bool:
+        """True for a remote engine reached through its admin API."""
+        ...
 
     def snapshots(self) -> AsyncIterator[Snapshot]:
         """Snapshots as they are published; a remote link yields nothing while unreachable."""

@@ -24,6 +24,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from engine.breakers import Breakers, BreakerView
 from engine.config import Config
 from engine.snapshot import (
     DeploymentView,
@@ -208,10 +209,17 @@ class Metrics:
         return self._requests.total(now, self._window) / self._window
 
     def _health(
-        self, name: str, stats: _DeploymentStats, now: float, drained: bool
+        self,
+        name: str,
+        stats: _DeploymentStats,
+        now: float,
+        drained: bool,
+        breaker: BreakerView | None,
     ) -> tuple[HealthState, str]:
         if drained:
             return "drained", "drained by an operator"
+        if breaker is not None and breaker.state == "open":
+            return "down", f"breaker open: {breaker.reason}"
         attempts = stats.attempts.total(now, self._window)
         if attempts == 0:
             return "idle", "no traffic in the window"
@@ -219,6 +227,8 @@ class Metrics:
         rate = failed / attempts
         if attempts >= MIN_SAMPLES and rate >= DOWN_ERROR_RATE:
             return "down", f"{rate:.0%} of {attempts} attempts failed: {stats.last_error}"
+        if breaker is not None and breaker.state == "half_open":
+            return "degraded", f"breaker half-open, probing: {breaker.reason}"
         if failed and rate >= DEGRADED_ERROR_RATE:
             return "degraded", f"{rate:.0%} of {attempts} attempts failed: {stats.last_error}"
         slo = self._config.deployments[name].p95_slo_ms
@@ -228,7 +238,9 @@ class Metrics:
                 return "degraded", f"p95 {p95:.0f} ms is over its {slo:.0f} ms objective"
         return "healthy", ""
 
-    def deployment_views(self, now: float, drained: frozenset[str]) -> tuple[DeploymentView, ...]:
+    def deployment_views(
+        self, now: float, drained: frozenset[str], breakers: Breakers | None = None
+    ) -> tuple[DeploymentView, ...]:
         w = self._window
         total_ok = sum(s.ok.total(now, w) for s in self._deployments.values())
         views = []
@@ -240,7 +252,10 @@ class Metrics:
             errors = {cause: n for cause, n in errors.items() if n}
             p50, p95, p99 = stats.latency.quantiles(now, (0.5, 0.95, 0.99), w)
             (ttft95,) = stats.ttft.quantiles(now, (0.95,), w)
-            state, reason = self._health(name, stats, now, bool({name, dep.provider} & drained))
+            breaker = breakers.view(name, now) if breakers is not None else None
+            state, reason = self._health(
+                name, stats, now, bool({name, dep.provider} & drained), breaker
+            )
             views.append(
                 DeploymentView(
                     name=name,
@@ -263,6 +278,9 @@ class Metrics:
                     input_tokens_per_req=_ratio(stats.input_tokens.total(now, w), ok),
                     output_tokens_per_req=_ratio(stats.output_tokens.total(now, w), ok),
                     spark=stats.attempts.series(now, SPARK_SECONDS),
+                    breaker=breaker.state if breaker else "closed",
+                    breaker_reason=breaker.reason if breaker else "",
+                    breaker_left_s=breaker.left_s if breaker else None,
                 )
             )
         return tuple(views)
@@ -326,7 +344,7 @@ class Metrics:
             stats = self._tiers[name]
             served = stats.served.total(now, w)
             steps = []
-            for dep in tier.deployments:
+            for dep in tier.names:
                 counter = stats.by_deployment.get(dep)
                 n = counter.total(now, w) if counter else 0
                 steps.append(
@@ -343,6 +361,11 @@ class Metrics:
                     steps=tuple(steps),
                     rps=served / w,
                     fallback_ratio=_ratio(stats.fallbacks.total(now, w), served),
+                    skipped=tuple(
+                        (d, deployments[d].state_reason)
+                        for d in tier.names
+                        if deployments[d].state == "drained" or deployments[d].breaker == "open"
+                    ),
                 )
             )
         return tuple(views)

@@ -73,7 +73,7 @@ class Operator:
 
     def _chains(self, drained: frozenset[str]) -> dict[str, tuple[str, ...]]:
         return {
-            name: tuple(d for d in tier.deployments if not self._is_drained(d, drained))
+            name: tuple(d for d in tier.names if not self._is_drained(d, drained))
             for name, tier in self._config.tiers.items()
         }
 

@@ -101,7 +101,7 @@ class ProxyServer:
             ready.cancel()
             await self._task  # raises why it stopped
             raise ServeError("the HTTP server stopped while starting")
-        self._engine.listen = self.url
+        self._engine.set_listen(self.url)
         return self
 
     def request_stop(self) -> None:

@@ -43,6 +43,11 @@ class DeploymentView:
     input_tokens_per_req: float | None
     output_tokens_per_req: float | None
     spark: tuple[int, ...]
+    breaker: str = "closed"
+    """``closed``, ``open`` or ``half_open``."""
+    breaker_reason: str = ""
+    breaker_left_s: float | None = None
+    """Seconds until an open breaker (or a 429 cooldown) lets a probe through."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +84,8 @@ class TierView:
     steps: tuple[TierStepView, ...]
     rps: float
     fallback_ratio: float | None
+    skipped: tuple[tuple[str, str], ...] = ()
+    """Deployments out of this tier's rotation right now, with why (drained, breaker open)."""
 
 
 @dataclass(frozen=True, slots=True)

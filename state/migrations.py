@@ -102,6 +102,14 @@ MIGRATIONS: tuple[Migration, ...] = (
         );
         """,
     ),
+    Migration(
+        2,
+        "task type of each request",
+        """
+        ALTER TABLE requests ADD COLUMN task TEXT;
+        CREATE INDEX requests_task ON requests (task, started_at);
+        """,
+    ),
 )
 
 

@@ -59,3 +59,5 @@ class RequestRecord:
     cache: str
     """``miss``, ``hit`` or ``bypass``."""
     error: str | None = None
+    task: str | None = None
+    """The task type the client named (``x-routedeck-task`` or ``metadata.task``), if any."""

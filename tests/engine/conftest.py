@@ -53,7 +53,7 @@ price = {{ input_per_mtok = 1.0, output_per_mtok = 2.0 }}
 provider = "sim-b"
 model = "b-mid-1"
 context_window = 100000
-price = {{ input_per_mtok = 3.0, output_per_mtok = 15.0 }}
+price = {{ input_per_mtok = 1.5, output_per_mtok = 4.0 }}
 
 [deployments.c-big]
 provider = "sim-c"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import anthropic
@@ -9,7 +10,7 @@ import httpx
 import openai
 import pytest
 
-from tests.engine.conftest import Proxy
+from tests.engine.conftest import Proxy, make_config, running
 
 CHAT = {"model": "low", "messages": [{"role": "user", "content": "Classify: urgent or not?"}]}
 
@@ -95,16 +96,40 @@ async def test_anthropic_client_sees_a_terminating_error_event(proxy: Proxy) -> 
                     pass
 
 
-async def test_bad_request_upstream_is_not_retried(proxy: Proxy, http: httpx.AsyncClient) -> None:
-    """A request every deployment would reject fails once, without a fallback."""
-    proxy.sim.chaos.clear()
+async def test_a_request_too_long_for_the_first_choice_skips_it(
+    proxy: Proxy, http: httpx.AsyncClient
+) -> None:
+    # ~6000 tokens overflow a-mini's 4000-token window but fit b-mid's: routing skips a-mini.
     big = {"model": "low", "messages": [{"role": "user", "content": "word " * 5000}]}
-    # 5000 words overflow a-mini's 4000-token window but fit b-mid's: context length moves on.
     r = await http.post("/v1/chat/completions", json=big)
     assert r.status_code == 200
-    assert r.headers["x-routedeck-fallback"] == "a-mini>b-mid"
-    outcomes = await attempts_of(proxy, r.headers["x-routedeck-request-id"])
-    assert outcomes == [("a-mini", "context_length"), ("b-mid", "ok")]
+    assert r.headers["x-routedeck-deployment"] == "b-mid"
+    assert r.headers["x-routedeck-attempts"] == "1"
+    assert proxy.sim.stats()["by_provider"].get("sim-a", 0) == 0
+
+
+async def test_an_upstream_context_length_error_moves_to_a_larger_window(tmp_path: Path) -> None:
+    # a-wide claims a 50k window, but its provider (sim-a) only takes 4000 tokens: the upstream's
+    # own context-length error moves the request to the next deployment with a larger window.
+    extra = """
+[deployments.a-wide]
+provider = "sim-a"
+model = "a-wide-1"
+context_window = 50000
+
+[tiers.wide]
+deployments = ["a-wide", "c-big", "b-mid"]
+"""
+    async with (
+        running(make_config(tmp_path, extra)) as p,
+        httpx.AsyncClient(base_url=p.url) as http,
+    ):
+        body = {"model": "wide", "messages": [{"role": "user", "content": "word " * 5000}]}
+        r = await http.post("/v1/chat/completions", json=body)
+        assert r.status_code == 200
+        assert r.headers["x-routedeck-fallback"] == "a-wide>c-big"
+        outcomes = await attempts_of(p, r.headers["x-routedeck-request-id"])
+        assert outcomes == [("a-wide", "context_length"), ("c-big", "ok")]
 
 
 async def test_context_too_long_everywhere_is_a_clear_400(
@@ -115,23 +140,60 @@ async def test_context_too_long_everywhere_is_a_clear_400(
     assert r.status_code == 400
     error = r.json()["error"]
     assert error["code"] == "context_length_exceeded"
-    assert "Shorten it" in error["message"]
+    assert "a-mini: context window 4000 < ~" in error["message"]
+    assert "Shorten the conversation" in error["message"]
+    assert proxy.sim.stats()["total"] == 0
+
+
+async def test_a_bad_request_is_not_retried_elsewhere(
+    proxy: Proxy, http: httpx.AsyncClient
+) -> None:
+    """A request the first deployment rejects as malformed would fail everywhere: no fallback."""
+    body = {
+        "model": "medium",  # b-mid (Anthropic) first, then a-mini
+        "messages": [
+            {"role": "user", "content": "hi"},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": "call_1",
+                        "type": "function",
+                        "function": {"name": "f", "arguments": "not json"},
+                    }
+                ],
+            },
+            {"role": "tool", "tool_call_id": "call_1", "content": "ok"},
+        ],
+    }
+    r = await http.post("/v1/chat/completions", json=body)
+    assert r.status_code == 400
+    assert r.json()["error"]["code"] == "upstream_bad_request"
+    outcomes = await attempts_of(proxy, r.headers["x-routedeck-request-id"])
+    assert outcomes == [("b-mid", "bad_request")]
+    assert proxy.sim.stats()["total"] == 0
 
 
 async def test_every_deployment_down_fails_fast_with_bounded_attempts(
     proxy: Proxy, http: httpx.AsyncClient
 ) -> None:
-    proxy.fail("*", error_rate=1.0, error_status=503)
-    sent = 10
+    proxy.fail("*", error_rate=1.0, error_status=500)
+    sent = 30
+    codes = []
     for _ in range(sent):
         r = await http.post("/v1/chat/completions", json=CHAT)
-        assert r.status_code == 502
-        assert r.json()["error"]["code"] == "upstream_failed"
-        message = r.json()["error"]["message"]
-        assert "a-mini: overloaded (sim-a returned HTTP 503" in message
-        assert "b-mid: 5xx (sim-b returned HTTP 503" in message
+        assert r.status_code in (502, 503), r.text
+        codes.append(r.json()["error"]["code"])
+    policy = proxy.engine.config.policy
     upstream = proxy.sim.stats()["total"]
-    assert upstream == sent * 2  # one attempt per deployment in the chain, never more
+    # Retries and fallbacks come out of the budget: 20% of requests plus a floor of 3.
+    assert upstream <= (1 + policy.retry_budget) * sent + policy.retry_budget_floor
+    # Five failures in a row open both breakers: later requests fail without an upstream call.
+    assert codes[-1] == "no_deployment"
+    assert "breaker open" in r.json()["error"]["message"]
+    states = {d.name: d.breaker for d in proxy.engine.snapshot(fresh=True).deployments}
+    assert states["a-mini"] == states["b-mid"] == "open"
 
 
 async def test_all_rate_limited_is_a_429_with_retry_after(proxy: Proxy) -> None:

@@ -108,3 +108,31 @@ def test_sigterm_finishes_in_flight_requests_and_flushes_state(
         attempts = db.execute("SELECT count(*) FROM attempts").fetchone()[0]
     assert rows == [("high", "strong-large", "ok")]
     assert attempts == 1
+
+
+def test_operator_cli_changes_a_running_engine(
+    demo: tuple[str, subprocess.Popen[str], Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from console.cli import main
+
+    url, _, _ = demo
+    assert main(["drain", "sim-fast", "--url", url, "--reason", "drill", "--actor", "ops"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("drains sim-fast: tier low moves to local-llama")
+    assert "(audit #" in out
+    with httpx.Client(base_url=url) as http:
+        r = http.post(
+            "/v1/chat/completions",
+            json={"model": "low", "messages": [{"role": "user", "content": "x"}]},
+        )
+        assert r.headers["x-routedeck-deployment"] == "local-llama"
+        entries = http.get("/admin/audit").json()["entries"]
+    assert [(e["actor"], e["action"], e["target"], e["detail"]["reason"]) for e in entries] == [
+        ("ops", "drain", "sim-fast", "drill")
+    ]
+    assert main(["drain", "sim-fast", "--url", url]) == 1
+    assert "refused: sim-fast is already drained" in capsys.readouterr().err
+    assert main(["safe-mode", "on", "--url", url]) == 0
+    assert "every request goes to tier recovery" in capsys.readouterr().out
+    assert main(["undrain", "sim-fast", "--url", "http://127.0.0.1:9"]) == 1
+    assert "cannot reach routedeck" in capsys.readouterr().err
