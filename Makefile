@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: setup
-	$(BIN)/routedeck serve --demo
+	$(BIN)/routedeck demo
 
 lint: setup
 	$(BIN)/ruff check .

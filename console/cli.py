@@ -1,8 +1,13 @@
 """The ``routedeck`` command line.
 
+    routedeck [console] [--config F] [--read-only]               the console, engine embedded
+    routedeck console --attach URL [--read-only]                 the console on a remote engine
+    routedeck demo [--rate R]                                    console + simulated providers + traffic
     routedeck serve [--config F | --demo] [--host H] [--port P]   the proxy, headless
     routedeck sim [--host H] [--port P] [--seed N] [--profile ...] the simulated upstream alone
-    routedeck check-config [--config F]                          validate a config, list problems
+    routedeck check-config [--config F] [--strict]               validate a config, list problems
+    routedeck drain|undrain TARGET [--url U]                     operator commands on a running engine
+    routedeck safe-mode on|off [--url U]
 
 The config comes from ``--config``, else ``$ROUTEDECK_CONFIG``, else ``./routedeck.toml``.
 Exit codes: 0 success, 1 runtime failure, 2 bad usage or a bad config.
@@ -58,6 +63,97 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         return 1
 
 
+def _console_log(config: Config, level: str) -> None:
+    from console.run import log_to_file
+
+    log_to_file(config.state_path().with_suffix(".log"), level)
+
+
+def _cmd_console(args: argparse.Namespace) -> int:
+    from console.run import run_attached, run_embedded
+
+    if args.attach:
+        if args.config:
+            raise SystemExit("routedeck: --attach and --config are exclusive; pass one")
+        token = os.environ.get(args.token_env) or None
+        return _run_console(
+            run_attached(args.attach, token=token, read_only=args.read_only, refresh=args.refresh)
+        )
+    config = _load(args)
+    _console_log(config, args.log_level)
+    token = os.environ.get(config.server.admin_token_env) or None
+    return _run_console(
+        run_embedded(
+            config,
+            host=args.host or config.server.host,
+            port=config.server.port if args.port is None else args.port,
+            admin_token=token,
+            read_only=args.read_only,
+            refresh=args.refresh,
+        )
+    )
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from console.run import run_embedded
+
+    config = demo_config()
+    _console_log(config, args.log_level)
+    return _run_console(
+        run_embedded(
+            config,
+            host="127.0.0.1",
+            port=config.server.port if args.port is None else args.port,
+            admin_token=os.environ.get(config.server.admin_token_env) or None,
+            read_only=args.read_only,
+            refresh=args.refresh,
+            demo_traffic=args.rate,
+        )
+    )
+
+
+def _run_console(coro: Coroutine[Any, Any, int]) -> int:
+    from engine.server import ServeError
+
+    try:
+        # Textual drives its own asyncio loop policy; the console runs on plain asyncio.
+        return asyncio.run(coro)
+    except ServeError as exc:
+        print(f"routedeck: {exc}", file=sys.stderr)
+        return 1
+
+
+def _operator(args: argparse.Namespace) -> int:
+    from engine.commands import Command, Drain, SetSafeMode, Undrain
+    from engine.link import LinkError, RemoteLink
+
+    command: Command
+    if args.command == "drain":
+        command = Drain(args.target)
+    elif args.command == "undrain":
+        command = Undrain(args.target)
+    else:
+        command = SetSafeMode(args.state == "on")
+    token = os.environ.get(args.token_env) or None
+
+    async def run() -> int:
+        link = RemoteLink(args.url, token=token)
+        try:
+            result = await link.submit(command, actor=args.actor, reason=args.reason)
+        except LinkError as exc:
+            print(f"routedeck: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            await link.close()
+        if not result.ok:
+            print(f"routedeck: refused: {result.message}", file=sys.stderr)
+            return 1
+        print(f"{result.message} (audit #{result.audit_id})")
+        return 0
+
+    return asyncio.run(run())
+
+
 def _cmd_check_config(args: argparse.Namespace) -> int:
     config = _load(args)
     warnings = missing_secrets(config)
@@ -95,6 +191,54 @@ def _parser() -> argparse.ArgumentParser:
                 help="use the built-in demo config on simulated providers",
             )
 
+    def console_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--read-only", action="store_true", help="hide every key that changes anything"
+        )
+        p.add_argument(
+            "--refresh", type=float, default=0.5, help="seconds between redraws (default 0.5)"
+        )
+        p.add_argument("--host", help="proxy address (default: [server] host)")
+        p.add_argument("--port", type=int, help="proxy port (default: [server] port)")
+
+    console = sub.add_parser("console", help="the console, with the engine embedded (the default)")
+    config_args(console, demo=False)
+    console_args(console)
+    console.add_argument("--attach", metavar="URL", help="attach to a running `routedeck serve`")
+    console.add_argument(
+        "--token-env",
+        default="ROUTEDECK_ADMIN_TOKEN",
+        help="env var holding the admin token for --attach",
+    )
+    console.set_defaults(func=_cmd_console)
+
+    demo = sub.add_parser("demo", help="the console on simulated providers with synthetic traffic")
+    console_args(demo)
+    demo.add_argument("--rate", type=float, default=6.0, help="synthetic requests per second")
+    demo.set_defaults(func=_cmd_demo)
+
+    def operator_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--url", default="http://127.0.0.1:8787", help="the running engine")
+        p.add_argument(
+            "--token-env", default="ROUTEDECK_ADMIN_TOKEN", help="env var holding the admin token"
+        )
+        p.add_argument("--reason", default="", help="why, for the audit log")
+        p.add_argument(
+            "--actor", default=os.environ.get("USER", "cli"), help="who, for the audit log"
+        )
+        p.set_defaults(func=_operator)
+
+    for verb, text in (
+        ("drain", "take a provider or deployment out of routing"),
+        ("undrain", "put a drained provider or deployment back"),
+    ):
+        p = sub.add_parser(verb, help=text)
+        p.add_argument("target", help="provider or deployment name")
+        operator_args(p)
+    safe = sub.add_parser("safe-mode", help="send all traffic to the safe-mode tier, or stop")
+    safe.add_argument("state", choices=["on", "off"])
+    operator_args(safe)
+
     serve = sub.add_parser("serve", help="run the proxy headless")
     config_args(serve, demo=True)
     serve.add_argument("--host", help="address to listen on (default: [server] host)")
@@ -116,6 +260,21 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+VERBS = frozenset(
+    {"console", "demo", "drain", "undrain", "safe-mode", "serve", "sim", "check-config"}
+)
+
+
+def _default_to_console(argv: list[str]) -> list[str]:
+    """Insert the ``console`` verb when none is given: ``routedeck --read-only`` works."""
+    i = 0
+    while i < len(argv) and (argv[i] == "--log-level" or argv[i].startswith("--log-level=")):
+        i += 1 if "=" in argv[i] else 2
+    if i < len(argv) and (argv[i] in VERBS or argv[i] in ("-h", "--help")):
+        return argv
+    return [*argv[:i], "console", *argv[i:]]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["sim"]:
@@ -124,13 +283,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return run_simulator(argv[1:])
     parser = _parser()
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
+        argv = ["console", *argv]  # the console is the default verb
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    if args.command is None:
-        parser.print_help()
-        return 2
     try:
         result: int = args.func(args)
     except ConfigError as exc:

@@ -1,0 +1,107 @@
+"""Plain-text formatting shared by the panes: health glyphs, numbers, sparklines.
+
+Everything here returns strings; colour is never decided here but by the CSS class or
+component class named after the state (``-healthy``, ``live-table--down``, ...).
+A value the engine could not know (None) is shown as an em dash, never as 0.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+from engine.snapshot import HealthState
+
+GLYPHS: dict[str, str] = {
+    "healthy": "●",
+    "degraded": "▲",
+    "down": "✖",
+    "drained": "⏸",
+    "idle": "○",
+}
+
+UNKNOWN = "—"
+_BARS = "▁▂▃▄▅▆▇█"
+
+
+def health(state: HealthState | str) -> str:
+    """Glyph and word, e.g. ``"● healthy"``; the word keeps it readable without colour."""
+    return f"{GLYPHS.get(state, '?')} {state}"
+
+
+def percent(value: float | None, *, digits: int = 0) -> str:
+    if value is None:
+        return UNKNOWN
+    return f"{value * 100:.{digits}f}%"
+
+
+def millis(value: float | None) -> str:
+    if value is None:
+        return UNKNOWN
+    if value >= 10_000:
+        return f"{value / 1000:.0f}s"
+    if value >= 1000:
+        return f"{value / 1000:.1f}s"
+    return f"{value:.0f}ms"
+
+
+def count(value: float | None) -> str:
+    """A compact count: 950, 12.3k, 4.1M."""
+    if value is None:
+        return UNKNOWN
+    magnitude = abs(value)
+    if magnitude >= 1_000_000_000:
+        return f"{value / 1_000_000_000:.1f}G"
+    if magnitude >= 1_000_000:
+        return f"{value / 1_000_000:.1f}M"
+    if magnitude >= 10_000:
+        return f"{value / 1000:.0f}k"
+    if magnitude >= 1000:
+        return f"{value / 1000:.1f}k"
+    if isinstance(value, float) and not value.is_integer():
+        return f"{value:.1f}"
+    return f"{value:.0f}"
+
+
+def rate(value: float) -> str:
+    """Requests per second with one decimal."""
+    return f"{value:.1f}"
+
+
+def spark(values: Sequence[int], width: int = 12) -> str:
+    """A unicode sparkline of ``values`` (oldest first) in at most ``width`` characters.
+
+    Series longer than ``width`` are summed into equal buckets, the newest bucket last, so a
+    60-second series becomes a one-minute picture. Values scale to the largest one; zero is the baseline.
+    """
+    if not values:
+        return ""
+    if len(values) > width:
+        size = -(-len(values) // width)
+        # Bucket from the newest end so the last bucket is always complete and current.
+        tail = len(values) % size
+        head = [sum(values[:tail])] if tail else []
+        values = head + [sum(values[i : i + size]) for i in range(tail, len(values), size)]
+        values = values[-width:]
+    top = max(values)
+    if top <= 0:
+        return _BARS[0] * len(values)
+    last = len(_BARS) - 1
+    return "".join(_BARS[max(0, min(last, round(v / top * last)))] for v in values)
+
+
+def clock_time(at: float) -> str:
+    """Wall-clock time of day, local time, to the second."""
+    return time.strftime("%H:%M:%S", time.localtime(at))
+
+
+def age(seconds: float | None) -> str:
+    """How long ago, coarse: ``0s``, ``12s``, ``3m``, ``2h``."""
+    if seconds is None:
+        return UNKNOWN
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{seconds:.0f}s"
+    if seconds < 3600:
+        return f"{seconds // 60:.0f}m"
+    return f"{seconds // 3600:.0f}h"

@@ -1,0 +1,47 @@
+"""`StateText`: a Static whose text is coloured by state through CSS component classes.
+
+Subclasses build `rich.text.Text` with `styled` and the state's name (``healthy``,
+``degraded``, ``down``, ``drained``, ``idle``, ``muted``, ``warn``, ``bad``, ``strong``,
+``safe``); the colour comes from ``app.tcss`` (``StateText > .state--healthy`` with
+``$success`` and so on), so Python never names a colour.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from rich.text import Text
+from textual.widgets import Static
+
+STATES = (
+    "healthy",
+    "degraded",
+    "down",
+    "drained",
+    "idle",
+    "muted",
+    "warn",
+    "bad",
+    "strong",
+    "safe",
+)
+
+
+class StateText(Static):
+    COMPONENT_CLASSES: ClassVar[set[str]] = {f"state--{state}" for state in STATES}
+
+    def on_mount(self) -> None:
+        self.watch(self.app, "theme", self._theme_changed, init=False)
+
+    def _theme_changed(self) -> None:
+        # Styles are resolved when text is built; rebuild once the new theme is applied.
+        self.call_after_refresh(self.redraw)
+
+    def redraw(self) -> None:
+        """Rebuild the text from the widget's current data; subclasses implement it."""
+
+    def styled(self, text: str, state: str | None = None) -> Text:
+        """``text`` in the colour of ``state`` (plain when None); never parsed as markup."""
+        if state is None:
+            return Text(text)
+        return Text(text, style=self.get_component_rich_style(f"state--{state}", partial=True))

@@ -1,0 +1,101 @@
+"""`StatusHeader`: where the engine is, what it is doing, which modes are on, how old the data is.
+
+One line: listen address, engine state, release and rollout stage, requests/s on the left;
+mode badges (SAFE MODE, READ-ONLY, PAUSED, ATTACHED) and the data age on the right. When the
+engine stops delivering snapshots the header takes the ``-stale`` class and says so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from textual.app import ComposeResult
+from textual.containers import Horizontal
+from textual.reactive import reactive
+from textual.widgets import Label
+
+from console.widgets.formatting import age, rate
+from engine.snapshot import Snapshot
+
+
+@dataclass(frozen=True, slots=True)
+class Freshness:
+    """How current the console's picture is, as of the app's last tick."""
+
+    shown_age: float | None
+    """Seconds since the snapshot on screen arrived; None before the first one."""
+    silent_for: float
+    """Seconds since the link last delivered a snapshot (or since start, before the first)."""
+    stale: bool
+    """True when ``silent_for`` exceeds a few refresh intervals."""
+
+
+class StatusHeader(Horizontal):
+    snapshot: reactive[Snapshot | None] = reactive(None)
+    freshness: reactive[Freshness | None] = reactive(None)
+    paused: reactive[bool] = reactive(False)
+
+    def __init__(self, *, label: str, read_only: bool, attached: bool) -> None:
+        super().__init__(id="header")
+        self._label = label
+        self._read_only = read_only
+        self._attached = attached
+
+    def compose(self) -> ComposeResult:
+        yield Label("routedeck", id="brand")
+        yield Label(self._label, id="where", markup=False)
+        yield Label("", id="summary", markup=False)
+        yield Label("SAFE MODE", id="badge-safe", classes="badge -safe")
+        yield Label("READ-ONLY", id="badge-read-only", classes="badge -read-only")
+        yield Label("PAUSED", id="badge-paused", classes="badge -paused")
+        yield Label("ATTACHED", id="badge-attached", classes="badge -attached")
+        yield Label("waiting for the engine", id="age", markup=False)
+
+    def on_mount(self) -> None:
+        self.query_one("#badge-read-only").display = self._read_only
+        self.query_one("#badge-attached").display = self._attached
+        self._render_snapshot(self.snapshot)
+        self._render_age()
+        self.query_one("#badge-paused").display = self.paused
+
+    def watch_snapshot(self, snapshot: Snapshot | None) -> None:
+        if self.is_mounted:
+            self._render_snapshot(snapshot)
+
+    def watch_freshness(self) -> None:
+        if self.is_mounted:
+            self._render_age()
+
+    def watch_paused(self, paused: bool) -> None:
+        if self.is_mounted:
+            self.query_one("#badge-paused").display = paused
+            self._render_age()
+
+    def _render_snapshot(self, snapshot: Snapshot | None) -> None:
+        summary = self.query_one("#summary", Label)
+        self.query_one("#badge-safe").display = bool(snapshot and snapshot.safe_mode)
+        if snapshot is None:
+            summary.update("")
+            return
+        if snapshot.rollout is None:
+            release = f"release {snapshot.release} · no rollout"
+        else:
+            release = f"release {snapshot.rollout.release} · {snapshot.rollout.stage}"
+        summary.update(f"{snapshot.engine_state} · {rate(snapshot.rps)} req/s · {release}")
+        if snapshot.listen and not self._attached:
+            self.query_one("#where", Label).update(snapshot.listen)
+
+    def _render_age(self) -> None:
+        label = self.query_one("#age", Label)
+        fresh = self.freshness
+        stale = bool(fresh and fresh.stale)
+        self.set_class(stale, "-stale")
+        label.set_class(stale, "-stale")
+        if fresh is None or (fresh.shown_age is None and not stale):
+            label.update("waiting for the engine")
+        elif stale:
+            label.update(f"STALE · no data for {age(fresh.silent_for)}")
+        elif self.paused:
+            label.update(f"showing data {age(fresh.shown_age)} old")
+        else:
+            label.update(f"data {age(fresh.shown_age)} old")

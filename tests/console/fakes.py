@@ -1,0 +1,331 @@
+"""A deterministic `EngineLink` and hand-built snapshots, for rendering tests.
+
+Every number here is fixed, including ``taken_at``, so SVG snapshots are identical across runs.
+The provider layout mirrors the demo config: four simulated providers, one deployment each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Any
+
+from engine.commands import Command, CommandResult, Drain, Effect, SetSafeMode, Undrain
+from engine.snapshot import (
+    AuditView,
+    DeploymentView,
+    FallbackView,
+    HealthState,
+    ProviderView,
+    RequestView,
+    Snapshot,
+    TierStepView,
+    TierView,
+    TokenView,
+)
+
+T0 = 1_760_000_000.0
+"""A fixed wall-clock instant (2025-10-09 08:53:20 UTC) that every timestamp is relative to."""
+
+PROVIDERS = (
+    ("sim-fast", "openai", "us", "fast-mini", "fast-mini-1"),
+    ("sim-balanced", "anthropic", "eu", "balanced-sonnet", "balanced-sonnet-1"),
+    ("sim-strong", "openai", "us", "strong-large", "strong-large-1"),
+    ("sim-local", "openai", "local", "local-llama", "local-llama-8b"),
+)
+
+TIERS = (
+    ("low", ("fast-mini", "local-llama", "balanced-sonnet")),
+    ("medium", ("balanced-sonnet", "fast-mini")),
+    ("high", ("strong-large", "balanced-sonnet")),
+    ("recovery", ("local-llama", "fast-mini")),
+)
+
+# Per deployment: (state, share, p95 ms, error rate, 429 rate, timeout rate, in flight).
+HEALTHY: dict[str, tuple[HealthState, float, float, float, float, float, int]] = {
+    "fast-mini": ("healthy", 0.46, 142.0, 0.0, 0.0, 0.0, 3),
+    "balanced-sonnet": ("healthy", 0.31, 388.0, 0.01, 0.0, 0.0, 2),
+    "strong-large": ("healthy", 0.12, 1910.0, 0.0, 0.0, 0.0, 4),
+    "local-llama": ("healthy", 0.11, 240.0, 0.0, 0.0, 0.0, 1),
+}
+
+
+def _spark(level: int) -> tuple[int, ...]:
+    return tuple((level * (3 + (i * 7) % 5)) // 4 for i in range(60))
+
+
+def _deployment(name: str, provider: str, model: str, stats: tuple[Any, ...]) -> DeploymentView:
+    state, share, p95, err, r429, timeout, in_flight = stats
+    return DeploymentView(
+        name=name,
+        provider=provider,
+        model=model,
+        state=state,
+        state_reason="",
+        rps=round(share * 24, 1),
+        share=share,
+        attempts=int(share * 1440),
+        p50_ms=p95 / 2,
+        p95_ms=p95 if state != "drained" else None,
+        p99_ms=p95 * 1.3,
+        ttft_p95_ms=p95 / 3,
+        error_rate=err if state != "drained" else None,
+        rate_429=r429 if state != "drained" else None,
+        timeout_rate=timeout if state != "drained" else None,
+        errors_by_cause=(),
+        in_flight=in_flight,
+        input_tokens_per_req=410.0,
+        output_tokens_per_req=220.0,
+        spark=_spark(int(share * 40)),
+    )
+
+
+def _requests() -> tuple[RequestView, ...]:
+    rows = [
+        ("low", "fast-mini", 200, "ok", 131.0, 212, 48, ("fast-mini",)),
+        ("medium", "balanced-sonnet", 200, "ok", 402.0, 1830, 402, ("balanced-sonnet",)),
+        ("low", "local-llama", 200, "ok", 655.0, 190, 61, ("fast-mini", "local-llama")),
+        ("high", "strong-large", 200, "ok", 1874.0, 5210, 1380, ("strong-large",)),
+        ("low", None, 503, "overloaded", 20_012.0, None, None, ("fast-mini", "local-llama")),
+        ("medium", "balanced-sonnet", 200, "ok", 377.0, 990, 310, ("balanced-sonnet",)),
+    ]
+    out = []
+    for i, (tier, dep, status, outcome, latency, tin, tout, path) in enumerate(rows):
+        out.append(
+            RequestView(
+                request_id=f"rd-{i:016x}",
+                at=T0 - 10 + i,
+                tenant="acme" if i % 2 else "local",
+                model=tier,
+                tier=tier,
+                tier_reason="alias",
+                deployment=dep,
+                status=status,
+                outcome=outcome,
+                latency_ms=latency,
+                input_tokens=tin,
+                output_tokens=tout,
+                stream=bool(i % 2),
+                path=path,
+            )
+        )
+    return tuple(reversed(out))
+
+
+def make_snapshot(
+    stats: dict[str, tuple[HealthState, float, float, float, float, float, int]] | None = None,
+    *,
+    seq: int = 1,
+    drained: tuple[str, ...] = (),
+    safe_mode: bool = False,
+    audit: tuple[AuditView, ...] = (),
+    fallback_ratio: float = 0.021,
+) -> Snapshot:
+    """A snapshot of the demo layout; ``stats`` overrides per-deployment health."""
+    stats = {**HEALTHY, **(stats or {})}
+    deployments = tuple(
+        _deployment(dep, provider, model, stats[dep]) for provider, _, _, dep, model in PROVIDERS
+    )
+    by_name = {d.name: d for d in deployments}
+    providers = tuple(
+        ProviderView(
+            name=provider,
+            protocol=protocol,
+            region=region,
+            simulated=True,
+            state="drained" if provider in drained else by_name[dep].state,
+            state_reason="",
+            rps=by_name[dep].rps,
+            share=by_name[dep].share,
+            p95_ms=by_name[dep].p95_ms,
+            error_rate=by_name[dep].error_rate,
+            rate_429=by_name[dep].rate_429,
+            timeout_rate=by_name[dep].timeout_rate,
+            in_flight=by_name[dep].in_flight,
+            deployments=(dep,),
+            spark=by_name[dep].spark,
+        )
+        for provider, protocol, region, dep, _ in PROVIDERS
+    )
+    tiers = tuple(
+        TierView(
+            name=name,
+            description="",
+            steps=tuple(
+                TierStepView(
+                    deployment=dep,
+                    state=by_name[dep].state,
+                    share=(0.0 if by_name[dep].state in ("drained", "down") else 1.0)
+                    if i == 0
+                    else 0.0,
+                )
+                for i, dep in enumerate(steps)
+            ),
+            rps=6.0,
+            fallback_ratio=fallback_ratio,
+        )
+        for name, steps in TIERS
+    )
+    requests = 1440
+    return Snapshot(
+        seq=seq,
+        taken_at=T0,
+        listen="127.0.0.1:8787",
+        engine_state="running",
+        started_at=T0 - 3600,
+        window_s=60,
+        rps=24.0,
+        requests_total=86_400,
+        errors_total=312,
+        safe_mode=safe_mode,
+        safe_mode_tier="recovery",
+        drained=drained,
+        drills_available=True,
+        drills=(),
+        audit=audit,
+        release="config",
+        rollout=None,
+        providers=providers,
+        deployments=deployments,
+        tiers=tiers,
+        fallback=FallbackView(
+            ratio=fallback_ratio,
+            requests=requests,
+            fallbacks=round(requests * fallback_ratio),
+            by_cause=(("429", 11), ("timeout", 19)) if fallback_ratio else (),
+            spark=_spark(2),
+        ),
+        tokens=TokenView(
+            input_per_min=590_400,
+            output_per_min=316_800,
+            input_today=41_234_567,
+            output_today=18_765_432,
+            by_tier=(
+                ("high", 9_100_000, 4_400_000),
+                ("low", 22_000_000, 9_000_000),
+                ("medium", 10_134_567, 5_365_432),
+            ),
+            by_tenant=(("acme", 30_000_000, 12_000_000), ("local", 11_234_567, 6_765_432)),
+            spark=_spark(15000),
+        ),
+        recent=_requests(),
+        state_queue=0,
+    )
+
+
+def degraded_snapshot() -> Snapshot:
+    """sim-fast failing: errors and 429s, traffic falling back to local-llama."""
+    return make_snapshot(
+        {
+            "fast-mini": ("down", 0.05, 4020.0, 0.62, 0.21, 0.17, 9),
+            "local-llama": ("degraded", 0.48, 910.0, 0.04, 0.0, 0.0, 6),
+        },
+        fallback_ratio=0.384,
+    )
+
+
+def drained_snapshot() -> Snapshot:
+    """sim-fast drained by an operator, with the audit line that did it."""
+    return make_snapshot(
+        {
+            "fast-mini": ("drained", 0.0, 0.0, 0.0, 0.0, 0.0, 0),
+            "local-llama": ("healthy", 0.55, 250.0, 0.0, 0.0, 0.0, 2),
+        },
+        drained=("sim-fast",),
+        audit=(
+            AuditView(
+                id=7,
+                at=T0 - 5,
+                actor="console",
+                action="drain",
+                target="sim-fast",
+                result="ok",
+                summary="drains sim-fast: tier low moves to local-llama",
+            ),
+        ),
+    )
+
+
+class FakeLink:
+    """An `EngineLink` that yields given snapshots, then whatever `push` sends, forever.
+
+    ``preview`` answers with ``effect_for(command)`` and ``submit`` records the command.
+    """
+
+    def __init__(
+        self,
+        snapshots: Iterable[Snapshot] = (),
+        *,
+        label: str = "127.0.0.1:8787",
+        attached: bool = False,
+        effect_for: Callable[[Command], Effect] | None = None,
+    ) -> None:
+        self.label = label
+        self.attached = attached
+        self._initial = tuple(snapshots)
+        self._queue: asyncio.Queue[Snapshot] | None = None
+        self._effect_for = effect_for or default_effect
+        self.submitted: list[tuple[Command, str]] = []
+        self.previewed: list[Command] = []
+
+    def push(self, snapshot: Snapshot) -> None:
+        if self._queue is None:
+            self._queue = asyncio.Queue()
+        self._queue.put_nowait(snapshot)
+
+    async def snapshots(self) -> AsyncIterator[Snapshot]:
+        for snapshot in self._initial:
+            yield snapshot
+        if self._queue is None:
+            self._queue = asyncio.Queue()
+        while True:
+            yield await self._queue.get()
+
+    async def preview(self, command: Command) -> Effect:
+        self.previewed.append(command)
+        return self._effect_for(command)
+
+    async def submit(self, command: Command, *, actor: str, reason: str = "") -> CommandResult:
+        self.submitted.append((command, actor))
+        return CommandResult(ok=True, message=f"done: {command}", audit_id=len(self.submitted))
+
+    async def close(self) -> None:
+        return None
+
+
+def default_effect(command: Command) -> Effect:
+    match command:
+        case Drain("sim-fast"):
+            return Effect(
+                allowed=True,
+                summary="drains sim-fast: tier low moves to local-llama",
+                details=(
+                    "tier low: fast-mini → local-llama",
+                    "tier medium: fast-mini fallback removed",
+                ),
+            )
+        case Drain(target) | Undrain(target):
+            return Effect(allowed=True, summary=f"{command.__class__.__name__.lower()}s {target}")
+        case SetSafeMode(on):
+            return Effect(
+                allowed=True,
+                summary=f"safe mode {'on' if on else 'off'}: all traffic to tier recovery",
+            )
+    return Effect(allowed=True, summary=str(command))
+
+
+def stranding_effect(command: Command) -> Effect:
+    """An effect that would leave tier recovery without a healthy deployment."""
+    target = getattr(command, "target", "?")
+    return Effect(
+        allowed=True,
+        summary=f"drains {target}: tier recovery has no healthy deployment left",
+        details=("tier recovery: local-llama drained, fast-mini down",),
+        stranded_tiers=("recovery",),
+        confirm_text=target,
+    )
+
+
+def with_seq(snapshot: Snapshot, seq: int) -> Snapshot:
+    return dataclasses.replace(snapshot, seq=seq)

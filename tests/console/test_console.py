@@ -1,0 +1,286 @@
+"""Console behaviour on a deterministic fake link: the pump, staleness, panes, filter, keys."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.pilot import Pilot
+from textual.widgets import Button, DataTable, Label
+
+from console import bindings
+from console.app import RouteDeckApp
+from console.screens.confirm import ConfirmScreen
+from console.screens.help import HelpScreen
+from console.widgets.live_table import LiveTable
+from console.widgets.provider_table import ProviderTable, provider_key
+from console.widgets.rollout_pane import RolloutPane
+from console.widgets.status_header import StatusHeader
+from console.widgets.tail_pane import TailPane
+from console.widgets.token_pane import TokenPane
+from engine.commands import Drain, Drill, SetSafeMode
+from engine.snapshot import RolloutView
+from tests.console.conftest import run_command, wait_for
+from tests.console.fakes import (
+    FakeLink,
+    degraded_snapshot,
+    drained_snapshot,
+    make_snapshot,
+    with_seq,
+)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@asynccontextmanager
+async def fake_console(
+    link: FakeLink, **options: Any
+) -> AsyncIterator[tuple[RouteDeckApp, Pilot[None]]]:
+    options.setdefault("refresh_interval", 0.01)
+    app = RouteDeckApp(link, **options)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.snapshot is not None, "the first snapshot")
+        yield app, pilot
+
+
+def _text(widget: Any) -> str:
+    return str(widget.render())
+
+
+async def test_header_turns_stale_when_snapshots_stop_and_recovers() -> None:
+    clock = Clock()
+    link = FakeLink([make_snapshot()])
+    async with fake_console(link, clock=clock, refresh_interval=0.5) as (app, pilot):
+        header = app.query_one(StatusHeader)
+        age = header.query_one("#age", Label)
+        app.update_age()
+        assert not header.has_class("-stale")
+        assert _text(age) == "data 0s old"
+
+        clock.now += app.stale_after + 0.5
+        app.update_age()
+        await pilot.pause()
+        assert header.has_class("-stale") and age.has_class("-stale")
+        assert _text(age).startswith("STALE")
+
+        link.push(make_snapshot(seq=2))
+        await wait_for(pilot, lambda: not header.has_class("-stale"), "the header to recover")
+        assert app.snapshot is not None and app.snapshot.seq == 2
+
+
+async def test_header_shows_where_what_and_modes() -> None:
+    snapshot = dataclasses.replace(
+        make_snapshot(safe_mode=True), rollout=RolloutView(release="r7", stage="canary")
+    )
+    link = FakeLink([snapshot], label="http://10.0.0.7:8787", attached=True)
+    async with fake_console(link, read_only=True) as (app, _):
+        header = app.query_one(StatusHeader)
+        assert _text(header.query_one("#where")) == "http://10.0.0.7:8787"
+        summary = _text(header.query_one("#summary"))
+        assert summary == "running · 24.0 req/s · release r7 · canary"
+        for badge in ("#badge-safe", "#badge-read-only", "#badge-attached"):
+            assert header.query_one(badge).display, badge
+        assert not header.query_one("#badge-paused").display
+        assert "release r7" in _text(app.query_one(RolloutPane))
+
+
+async def test_rollout_pane_says_there_is_none() -> None:
+    async with fake_console(FakeLink([make_snapshot()])) as (app, _):
+        text = _text(app.query_one(RolloutPane))
+        assert "no rollout in progress" in text
+        assert "serving release config" in text
+
+
+async def test_token_pane_shows_tokens_and_never_dollars() -> None:
+    async with fake_console(FakeLink([make_snapshot()])) as (app, _):
+        pane = app.query_one(TokenPane)
+        summary = _text(pane.query_one("#token-summary"))
+        assert "in 590k · out 317k" in summary
+        assert "in 41.2M · out 18.8M" in summary
+        table = pane.query_one("#token-table", LiveTable)
+        assert table.keys == [
+            "tier:high",
+            "tier:low",
+            "tier:medium",
+            "tenant:acme",
+            "tenant:local",
+        ]
+        assert table.cell_text("tenant:acme", "input") == "30.0M"
+        assert "$" not in summary
+
+
+async def test_a_dialog_holds_rendering_until_it_closes() -> None:
+    link = FakeLink([make_snapshot()])
+    async with fake_console(link) as (app, pilot):
+        await pilot.press("d")
+        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen), "the dialog")
+        link.push(degraded_snapshot())
+        await pilot.pause(0.1)
+        assert app.snapshot is not None and app.snapshot.seq == 1
+        await pilot.press("escape")
+        await wait_for(
+            pilot,
+            lambda: app.snapshot is not None and app.snapshot.fallback.ratio == 0.384,
+            "the held snapshot to render",
+        )
+        assert link.submitted == []
+
+
+async def test_drain_previews_then_submits_with_the_actor() -> None:
+    link = FakeLink([make_snapshot()])
+    async with fake_console(link, actor="alice") as (app, pilot):
+        await pilot.press("d")
+        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen), "the dialog")
+        assert link.previewed == [Drain("sim-fast")]
+        details = [_text(w) for w in app.screen.query(".dialog-detail")]
+        assert details == [
+            "· tier low: fast-mini → local-llama",
+            "· tier medium: fast-mini fallback removed",
+        ]
+        await pilot.press("tab", "enter")
+        await wait_for(pilot, lambda: link.submitted, "the submit")
+        assert link.submitted == [(Drain("sim-fast"), "alice")]
+
+
+async def test_drain_on_a_drained_row_undrains_it() -> None:
+    link = FakeLink([drained_snapshot()])
+    async with fake_console(link) as (app, pilot):
+        await pilot.press("d")
+        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen), "the dialog")
+        assert str(app.screen.query_one("#confirm", Button).label) == "Undrain"
+
+
+async def test_safe_mode_and_drill_commands() -> None:
+    link = FakeLink([make_snapshot()])
+    async with fake_console(link, demo=True) as (app, pilot):
+        await pilot.press("down", "down", "3")
+        await wait_for(pilot, lambda: link.submitted, "the drill")
+        assert link.submitted[-1][0] == Drill("sim-balanced", "latency")
+
+        await run_command(pilot, "drill sim-local hang")
+        await wait_for(pilot, lambda: len(link.submitted) == 2, "the second drill")
+        assert link.submitted[-1][0] == Drill("sim-local", "hang")
+
+        await run_command(pilot, "safe on")
+        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen), "the dialog")
+        assert link.previewed[-1] == SetSafeMode(True)
+
+
+async def test_filter_narrows_the_tail_and_escape_clears_it() -> None:
+    async with fake_console(FakeLink([make_snapshot()])) as (app, pilot):
+        tail = app.query_one(TailPane)
+        assert len(tail.table.keys) == 6
+        await pilot.press("slash", *"OVERLOADED")
+        await wait_for(pilot, lambda: len(tail.table.keys) == 1, "the filter")
+        assert tail.table.cell_text(tail.table.keys[0], "status") == "503 overloaded"
+        await pilot.press("enter")
+        assert tail.filter_text == "OVERLOADED"
+        assert "1 of 6" in str(tail.border_title)
+
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: len(tail.table.keys) == 6, "the filter to clear")
+        assert tail.table.keys == sorted(tail.table.keys), "oldest first, newest last"
+
+
+async def test_refresh_rate_cycles() -> None:
+    async with fake_console(FakeLink([make_snapshot()]), refresh_interval=0.5) as (app, pilot):
+        seen = []
+        for _ in range(4):
+            await pilot.press("r")
+            seen.append(app.refresh_interval)
+        assert seen == [1.0, 2.0, 0.25, 0.5]
+
+
+async def test_help_lists_the_registry_and_why_keys_are_unavailable() -> None:
+    async with fake_console(FakeLink([make_snapshot()]), read_only=True) as (app, pilot):
+        await pilot.press("question_mark")
+        await wait_for(pilot, lambda: isinstance(app.screen, HelpScreen), "help")
+        entries = dict((spec.id, why) for spec, why in app.help_entries())
+        assert entries["drain"] == "read-only"
+        assert entries["drill_errors"] == "demo mode only"
+        assert entries["pause"] is None
+        assert set(entries) == {spec.id for spec in bindings.REGISTRY}
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: not isinstance(app.screen, HelpScreen), "help to close")
+
+
+async def test_bindings_come_from_the_registry() -> None:
+    keys = {b.key for b in RouteDeckApp.BINDINGS if isinstance(b, Binding)}
+    assert keys == {spec.key for spec in bindings.REGISTRY if spec.key}
+    swallowed = {"ctrl+s", "ctrl+j", "ctrl+o"}
+    assert not keys & swallowed
+    assert not any(k.startswith(("alt+", "meta+", "super+")) for k in keys)
+    for spec in bindings.REGISTRY:
+        assert spec.verb is None or bindings.for_verb(spec.verb) is spec
+
+
+async def test_command_usage_errors_do_not_reach_the_engine() -> None:
+    link = FakeLink([make_snapshot()])
+    async with fake_console(link) as (app, pilot):
+        for line in ("drain", "safe maybe", "rate fast", "drill sim-fast errors"):
+            app.run_command(line)
+        await pilot.pause()
+        assert link.previewed == [] and link.submitted == []
+        messages = " | ".join(n.message for n in app._notifications)
+        assert "usage: :drain TARGET" in messages
+        assert "usage: :safe on|off" in messages
+        assert ":drill is refused: demo mode only" in messages
+
+
+async def test_provider_table_updates_only_changed_cells(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_clear(self: DataTable[Any], columns: bool = False) -> Any:
+        raise AssertionError("the provider table must never be cleared on refresh")
+
+    monkeypatch.setattr(DataTable, "clear", no_clear)
+    link = FakeLink([make_snapshot()])
+    async with fake_console(link) as (app, pilot):
+        table = app.query_one(ProviderTable)
+        keys = table.keys
+        await pilot.press("down", "down")
+        selected = table.selected_key
+        kept = table.get_cell(provider_key("sim-strong"), "state")
+        changed = table.get_cell(provider_key("sim-fast"), "state")
+
+        link.push(with_seq(degraded_snapshot(), 2))
+        await wait_for(pilot, lambda: app.snapshot is not None and app.snapshot.seq == 2, "seq 2")
+        assert table.keys == keys
+        assert table.selected_key == selected, "the cursor stays on its row"
+        assert table.get_cell(provider_key("sim-strong"), "state") is kept
+        assert table.get_cell(provider_key("sim-fast"), "state") is not changed
+        assert table.cell_text(provider_key("sim-fast"), "state") == "✖ down"
+
+
+class _TableApp(App[None]):
+    def compose(self) -> ComposeResult:
+        yield LiveTable([("a", "a", 4), ("b", "b", 4)])
+
+
+async def test_live_table_sync_keeps_order_and_untouched_cells() -> None:
+    app = _TableApp()
+    async with app.run_test() as pilot:
+        table = app.query_one(LiveTable)
+        table.sync([("1", ("x", "y")), ("2", ("p", ("q", "down")))])
+        first = table.get_cell("1", "a")
+        table.sync([("1", ("x", "z")), ("2", ("p", ("q", "down"))), ("3", ("m", "n"))])
+        await pilot.pause()
+        assert table.keys == ["1", "2", "3"]
+        assert table.get_cell("1", "a") is first
+        assert table.cell_text("1", "b") == "z"
+
+        # A row dropped from the middle and one re-inserted out of order.
+        table.sync([("1", ("x", "z")), ("3", ("m", "n")), ("2", ("p", "q"))])
+        assert table.keys == ["1", "3", "2"]
+        assert table.get_cell("1", "a") is first
+        table.sync([])
+        assert table.keys == []

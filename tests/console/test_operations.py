@@ -1,0 +1,254 @@
+"""The console against a real engine: press the real keys, assert the engine changed.
+
+Each test runs the engine and its proxy on a loopback port over in-process simulated
+providers, drives `RouteDeckApp` with Pilot through a `LocalLink` (or a `RemoteLink` to the
+admin API), and checks routing through real HTTP requests.
+"""
+
+from __future__ import annotations
+
+from textual.pilot import Pilot
+from textual.widgets import Button, Input, Label
+
+from console.app import RouteDeckApp
+from console.screens.confirm import ConfirmScreen
+from console.widgets.provider_table import ProviderTable, provider_key
+from engine.link import RemoteLink
+from tests.console.conftest import ADMIN_TOKEN, SIZE, Proxy, console, run_command, wait_for
+
+
+def _confirm_open(app: RouteDeckApp) -> bool:
+    return isinstance(app.screen, ConfirmScreen)
+
+
+async def _select(app: RouteDeckApp, pilot: Pilot[None], key: str) -> None:
+    table = app.query_one(ProviderTable)
+    # Walk the cursor with real keys so selection is tested the way an operator makes it.
+    table.focus()
+    while table.selected_key != key:
+        assert table.cursor_row < table.row_count - 1, f"no row {key}"
+        await pilot.press("down")
+
+
+async def test_drain_key_drains_the_selected_provider_and_traffic_avoids_it(proxy: Proxy) -> None:
+    assert (await proxy.chat("low")).headers["x-routedeck-provider"] == "sim-a"
+    async with console(proxy) as (app, pilot):
+        await _select(app, pilot, provider_key("sim-a"))
+        await pilot.press("d")
+        await wait_for(pilot, lambda: _confirm_open(app), "the confirmation")
+        dialog = app.screen
+        assert dialog.focused is not None and dialog.focused.id == "cancel"
+        summary = str(dialog.query_one("#dialog-summary").render())
+        assert summary.startswith("drains sim-a")
+        assert proxy.engine.drained == frozenset(), "nothing changes before confirming"
+
+        await pilot.press("tab", "enter")
+        await wait_for(pilot, lambda: "sim-a" in proxy.engine.drained, "the drain")
+        await wait_for(
+            pilot,
+            lambda: app.snapshot is not None and "sim-a" in app.snapshot.drained,
+            "the drained snapshot on screen",
+        )
+        table = app.query_one(ProviderTable)
+        assert table.cell_text(provider_key("sim-a"), "state") == "⏸ drained"
+        shown = app.snapshot
+        assert shown is not None
+        assert any(a.action == "drain" and a.target == "sim-a" for a in shown.audit)
+
+    before = proxy.sim_requests("sim-a")
+    for _ in range(5):
+        response = await proxy.chat("low")
+        assert response.headers["x-routedeck-provider"] == "sim-b"
+    assert proxy.sim_requests("sim-a") == before
+
+
+async def test_cancel_changes_nothing(proxy: Proxy) -> None:
+    async with console(proxy) as (app, pilot):
+        await pilot.press("d")
+        await wait_for(pilot, lambda: _confirm_open(app), "the confirmation")
+        await pilot.press("enter")  # focus starts on Cancel
+        await wait_for(pilot, lambda: not _confirm_open(app), "the dialog to close")
+        await pilot.press("d")
+        await wait_for(pilot, lambda: _confirm_open(app), "the confirmation")
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: not _confirm_open(app), "the dialog to close")
+    assert proxy.engine.drained == frozenset()
+    assert (await proxy.chat("low")).headers["x-routedeck-provider"] == "sim-a"
+
+
+async def test_safe_mode_key_sends_traffic_to_the_safe_mode_tier(proxy: Proxy) -> None:
+    async with console(proxy) as (app, pilot):
+        await pilot.press("s")
+        await wait_for(pilot, lambda: _confirm_open(app), "the confirmation")
+        await pilot.press("tab", "enter")
+        await wait_for(pilot, lambda: proxy.engine.safe_mode, "safe mode")
+        badge = app.query_one("#badge-safe", Label)
+        await wait_for(pilot, lambda: badge.display, "the SAFE MODE badge")
+
+        response = await proxy.chat("low")
+        assert response.headers["x-routedeck-tier"] == "recovery"
+        assert response.headers["x-routedeck-provider"] == "sim-c"
+
+        await pilot.press("s")
+        await wait_for(pilot, lambda: _confirm_open(app), "the confirmation")
+        await pilot.press("tab", "enter")
+        await wait_for(pilot, lambda: not proxy.engine.safe_mode, "safe mode off")
+        await wait_for(pilot, lambda: not badge.display, "the badge to go")
+    assert (await proxy.chat("low")).headers["x-routedeck-tier"] == "low"
+
+
+async def test_read_only_refuses_every_change(proxy: Proxy) -> None:
+    async with console(proxy, read_only=True, demo=True) as (app, pilot):
+        for key in ("d", "s", "1", "0"):
+            await pilot.press(key)
+            await pilot.pause()
+            assert not _confirm_open(app), f"{key} opened a dialog in read-only mode"
+        for action in ("drain", "safe_mode", "drill"):
+            assert app.check_action(action, ()) is False, f"{action} is offered"
+        assert app.check_action("pause", ()) is True
+        shown = {binding.action for _, binding, enabled, _ in app.active_bindings.values()}
+        assert "drain" not in shown and "safe_mode" not in shown
+
+        await run_command(pilot, "drain sim-a")
+        await run_command(pilot, "safe on")
+        await pilot.pause()
+        assert not _confirm_open(app)
+        assert app.query_one("#badge-read-only", Label).display
+    assert proxy.engine.drained == frozenset()
+    assert not proxy.engine.safe_mode
+    assert proxy.engine.snapshot(fresh=True).drills == ()
+
+
+async def test_command_mode_drains_and_undrains_a_deployment(proxy: Proxy) -> None:
+    async with console(proxy) as (app, pilot):
+        await run_command(pilot, "drain b-mid")
+        await wait_for(pilot, lambda: _confirm_open(app), "the confirmation")
+        await pilot.click("#confirm")
+        await wait_for(pilot, lambda: "b-mid" in proxy.engine.drained, "the drain")
+        response = await proxy.chat("high")
+        assert response.headers["x-routedeck-deployment"] == "c-big"
+
+        await run_command(pilot, "undrain b-mid")
+        await wait_for(pilot, lambda: _confirm_open(app), "the confirmation")
+        await pilot.click("#confirm")
+        await wait_for(pilot, lambda: not proxy.engine.drained, "the undrain")
+
+
+async def test_drain_that_strands_a_tier_asks_to_type_the_name(proxy: Proxy) -> None:
+    async with console(proxy) as (app, pilot):
+        await _select(app, pilot, provider_key("sim-c"))
+        await pilot.press("d")
+        await wait_for(pilot, lambda: _confirm_open(app), "the confirmation")
+        dialog = app.screen
+        confirm = dialog.query_one("#confirm", Button)
+
+        def enabled() -> bool:
+            return not confirm.disabled
+
+        assert not enabled()
+        assert "recovery" in str(dialog.query_one("#dialog-warning").render())
+        await pilot.press(*"sim-")
+        assert not enabled()
+        await pilot.press("c")
+        assert enabled()
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: "sim-c" in proxy.engine.drained, "the drain")
+
+
+async def test_drill_keys_break_and_heal_the_selected_provider(proxy: Proxy) -> None:
+    async with console(proxy, demo=True) as (app, pilot):
+        await _select(app, pilot, provider_key("sim-a"))
+        await pilot.press("1")
+        await wait_for(
+            pilot,
+            lambda: (
+                app.snapshot is not None
+                and any(d.provider == "sim-a" and d.kind == "errors" for d in app.snapshot.drills)
+            ),
+            "the error storm",
+        )
+        # The storm makes sim-a fail, so the low tier falls back to sim-b.
+        response = await proxy.chat("low")
+        assert response.headers["x-routedeck-provider"] == "sim-b"
+        assert response.headers["x-routedeck-fallback"] == "a-mini>b-mid"
+
+        await pilot.press("0")
+        await wait_for(
+            pilot, lambda: app.snapshot is not None and not app.snapshot.drills, "the heal"
+        )
+        assert (await proxy.chat("low")).headers["x-routedeck-provider"] == "sim-a"
+
+
+async def test_drill_keys_do_nothing_outside_demo_mode(proxy: Proxy) -> None:
+    async with console(proxy) as (app, pilot):
+        await pilot.press("1")
+        await pilot.pause()
+        assert app.check_action("drill", ("errors",)) is False
+        assert app.snapshot is not None and not app.snapshot.drills
+
+
+async def test_pause_stops_rendering_while_the_engine_runs_on(proxy: Proxy) -> None:
+    async with console(proxy) as (app, pilot):
+        await pilot.press("p")
+        assert app.paused
+        assert app.query_one("#badge-paused", Label).display
+        assert app.snapshot is not None
+        frozen = app.snapshot.seq
+        await proxy.chat("low")
+        await wait_for(
+            pilot, lambda: proxy.engine.snapshot().seq > frozen + 5, "the engine to publish"
+        )
+        assert app.snapshot.seq == frozen
+
+        await pilot.press("p")
+        await wait_for(
+            pilot,
+            lambda: app.snapshot is not None and app.snapshot.requests_total >= 1,
+            "rendering to resume with the request counted",
+        )
+        assert not app.query_one("#badge-paused", Label).display
+
+
+async def test_attached_console_drains_the_remote_engine(proxy: Proxy) -> None:
+    link = RemoteLink(proxy.url, token=ADMIN_TOKEN, poll_interval=0.05)
+    try:
+        app = RouteDeckApp(link, refresh_interval=0.05)
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_for(pilot, lambda: app.snapshot is not None, "the first snapshot")
+            assert app.query_one("#badge-attached", Label).display
+            await _select(app, pilot, provider_key("sim-a"))
+            await pilot.press("d")
+            await wait_for(pilot, lambda: _confirm_open(app), "the confirmation")
+            await pilot.press("tab", "enter")
+            await wait_for(pilot, lambda: "sim-a" in proxy.engine.drained, "the remote drain")
+            await wait_for(
+                pilot,
+                lambda: app.snapshot is not None and "sim-a" in app.snapshot.drained,
+                "the drain to show",
+            )
+    finally:
+        await link.close()
+    assert (await proxy.chat("low")).headers["x-routedeck-provider"] == "sim-b"
+
+
+async def test_quit_asks_first(proxy: Proxy) -> None:
+    async with console(proxy) as (app, pilot):
+        await pilot.press("q")
+        await wait_for(pilot, lambda: _confirm_open(app), "the confirmation")
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: not _confirm_open(app), "the dialog to close")
+        assert app.is_running
+        await pilot.press("q")
+        await wait_for(pilot, lambda: _confirm_open(app), "the confirmation")
+        await pilot.press("tab", "enter")
+        await wait_for(pilot, lambda: not app.is_running, "the app to exit")
+
+
+async def test_unknown_command_is_refused_with_a_message(proxy: Proxy) -> None:
+    async with console(proxy) as (app, pilot):
+        await run_command(pilot, "frobnicate")
+        await pilot.pause()
+        messages = [n.message for n in app._notifications]
+        assert any(":frobnicate is not a command" in m for m in messages)
+        command_line = app.query_one("#command-line", Input)
+        assert not command_line.display

@@ -1,0 +1,158 @@
+"""SVG snapshots of the console's key states (pytest-textual-snapshot).
+
+Every screen is rendered from hand-built snapshots with fixed numbers and timestamps, a frozen
+clock, UTC wall-clock times and no cursor blink, so the SVGs are identical on every run.
+Regenerate after an intended change with ``pytest tests/console --snapshot-update`` and look at
+the report before committing the new files.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol
+
+from textual.pilot import Pilot
+from textual.widgets import Input
+
+from console.app import RouteDeckApp
+from engine.snapshot import Snapshot
+from tests.console.fakes import (
+    FakeLink,
+    degraded_snapshot,
+    drained_snapshot,
+    make_snapshot,
+    stranding_effect,
+)
+
+FROZEN = 5_000.0
+
+
+class SnapCompare(Protocol):
+    def __call__(
+        self,
+        app: RouteDeckApp,
+        press: Sequence[str] = (),
+        terminal_size: tuple[int, int] = (80, 24),
+        run_before: Callable[[Pilot[Any]], Awaitable[None] | None] | None = None,
+    ) -> bool: ...
+
+
+class Clock:
+    """A clock that only moves when a test moves it."""
+
+    def __init__(self, now: float = FROZEN) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _app(link: FakeLink, clock: Callable[[], float] | None = None, **options: Any) -> RouteDeckApp:
+    return RouteDeckApp(link, clock=clock or Clock(), **options)
+
+
+def _settle(*keys: str, after: Callable[[RouteDeckApp], None] | None = None) -> Any:
+    """A ``run_before`` that waits for the first snapshot, presses ``keys``, and stills carets."""
+
+    async def run_before(pilot: Pilot[Any]) -> None:
+        app = pilot.app
+        assert isinstance(app, RouteDeckApp)
+        for _ in range(200):
+            if app.snapshot is not None:
+                break
+            await pilot.pause(0.01)
+        assert app.snapshot is not None, "the fake link delivered no snapshot"
+        await pilot.press(*keys)
+        for _ in range(3):
+            await pilot.pause()
+        if after is not None:
+            after(app)
+        for field in app.screen.query(Input):
+            field.cursor_blink = False
+        await pilot.pause()
+
+    return run_before
+
+
+def _one(snapshot: Snapshot, **options: Any) -> FakeLink:
+    return FakeLink([snapshot], **options)
+
+
+def test_healthy_80x24(snap_compare: SnapCompare) -> None:
+    """All providers healthy at the smallest supported size: rollout and events give way."""
+    assert snap_compare(_app(_one(make_snapshot())), run_before=_settle(), terminal_size=(80, 24))
+
+
+def test_healthy_160x48(snap_compare: SnapCompare) -> None:
+    """All providers healthy on a large terminal: every pane, tiers beside the providers."""
+    assert snap_compare(_app(_one(make_snapshot())), run_before=_settle(), terminal_size=(160, 48))
+
+
+def test_degraded(snap_compare: SnapCompare) -> None:
+    """sim-fast down (✖, error colour) and sim-local degraded (▲); fallback ratio high."""
+    assert snap_compare(
+        _app(_one(degraded_snapshot()), demo=True), run_before=_settle(), terminal_size=(120, 40)
+    )
+
+
+def test_drained(snap_compare: SnapCompare) -> None:
+    """sim-fast drained (⏸, muted), its share moved to local-llama, the drain in the events."""
+    assert snap_compare(
+        _app(_one(drained_snapshot())), run_before=_settle(), terminal_size=(120, 40)
+    )
+
+
+def test_confirm_drain(snap_compare: SnapCompare) -> None:
+    """`d` on sim-fast: the dialog states the effect and its details; Cancel has focus."""
+    assert snap_compare(
+        _app(_one(make_snapshot())), run_before=_settle("d"), terminal_size=(100, 30)
+    )
+
+
+def test_confirm_drain_that_strands_a_tier(snap_compare: SnapCompare) -> None:
+    """A drain that leaves tier recovery with nothing healthy: type the name to confirm."""
+    link = _one(make_snapshot(), effect_for=stranding_effect)
+    assert snap_compare(_app(link), run_before=_settle("d"), terminal_size=(100, 30))
+
+
+def test_help(snap_compare: SnapCompare) -> None:
+    """`?`: every key and command from the registry, drills marked as demo-only."""
+    assert snap_compare(
+        _app(_one(make_snapshot())), run_before=_settle("question_mark"), terminal_size=(100, 30)
+    )
+
+
+def test_paused(snap_compare: SnapCompare) -> None:
+    """`p`: the PAUSED badge, and the header says how old the frozen picture is."""
+    clock = Clock()
+
+    def later(app: RouteDeckApp) -> None:
+        clock.now += 1.4
+        app.update_age()
+
+    assert snap_compare(
+        _app(_one(make_snapshot()), clock),
+        run_before=_settle("p", after=later),
+        terminal_size=(100, 30),
+    )
+
+
+def test_stale(snap_compare: SnapCompare) -> None:
+    """No snapshot for 42 s: the header turns to the error colour and says STALE."""
+    clock = Clock()
+
+    def much_later(app: RouteDeckApp) -> None:
+        clock.now += 42
+        app.update_age()
+
+    assert snap_compare(
+        _app(_one(make_snapshot()), clock),
+        run_before=_settle(after=much_later),
+        terminal_size=(100, 30),
+    )
+
+
+def test_attached_read_only(snap_compare: SnapCompare) -> None:
+    """Attached to a remote engine, read-only: ATTACHED and READ-ONLY badges, no change keys."""
+    link = _one(make_snapshot(safe_mode=True), label="http://10.0.0.7:8787", attached=True)
+    assert snap_compare(_app(link, read_only=True), run_before=_settle(), terminal_size=(100, 30))
