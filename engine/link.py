@@ -39,6 +39,11 @@ class EngineLink(Protocol):
         """True for a remote engine reached through its admin API."""
         ...
 
+    @property
+    def last_error(self) -> str | None:
+        """Why snapshots stopped arriving (a remote engine unreachable), or None."""
+        ...
+
     def snapshots(self) -> AsyncIterator[Snapshot]:
         """Snapshots as they are published; a remote link yields nothing while unreachable."""
         ...
@@ -52,6 +57,7 @@ class EngineLink(Protocol):
 
 class LocalLink:
     attached = False
+    last_error: str | None = None
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
