@@ -65,6 +65,9 @@ class SimProfileConfig(_Section):
 
 class ProviderConfig(_Section):
     protocol: Protocol
+    price_provider: str | None = None
+    """The provider's id in the genai-prices data ("openai", "anthropic", "groq", ...), used to
+    look up prices; by default guessed from the base URL."""
     base_url: str | None = None
     api_key_env: str | None = None
     region: str = "global"
@@ -93,6 +96,8 @@ class PriceConfig(_Section):
     """US dollars per million input tokens."""
     output_per_mtok: float = Field(ge=0)
     """US dollars per million output tokens."""
+    cached_input_per_mtok: float | None = Field(default=None, ge=0)
+    """US dollars per million input tokens read from the provider's prompt cache."""
 
 
 class DeploymentConfig(_Section):
@@ -102,7 +107,8 @@ class DeploymentConfig(_Section):
     max_output_tokens: int = Field(default=4096, ge=1)
     capabilities: frozenset[Capability] = ALL_CAPABILITIES
     price: PriceConfig | None = None
-    """List price. Without one the deployment's traffic is shown as unpriced, never as $0."""
+    """Price override. Without one the price comes from the bundled genai-prices data for this
+    model; a model found in neither is shown as unpriced, never as $0."""
     p95_slo_ms: float | None = Field(default=None, gt=0)
     """Latency objective: the deployment shows as degraded while its p95 is above it."""
 
@@ -125,6 +131,16 @@ class TierConfig(_Section):
     time in the deadline for a fallback (default min(30, timeout_s))."""
     timeout_s: float = Field(default=60.0, gt=0)
     """One deadline for the whole request, every attempt included."""
+    max_input_tokens: int | None = Field(default=None, ge=1)
+    """Input token cap: a longer request is trimmed or rejected (``on_input_over``)."""
+    on_input_over: Literal["trim", "reject"] = "trim"
+    """Over the input cap: drop the oldest turns (keeping the system prompt and tool pairs), or
+    reject the request with an error saying by how much it is over."""
+    summarize_trimmed: bool = False
+    """Replace trimmed turns with a short summary written by ``summary_tier`` (cached)."""
+    summary_tier: str = "low"
+    max_output_tokens: int | None = Field(default=None, ge=1)
+    """Output token cap: max_tokens is clamped to it, and set to it when the client sent none."""
 
     @property
     def steps(self) -> tuple[tuple[tuple[str, float], ...], ...]:
@@ -202,6 +218,40 @@ class TenantConfig(_Section):
     """Compliance tags every provider serving this tenant must have (e.g. "no-training")."""
     internal: bool = False
     """Internal tenants see a release first, in its "internal" rollout stage."""
+    rpm: int | None = Field(default=None, ge=1)
+    """Requests per minute; over it requests get a 429 with Retry-After. None: no limit."""
+    tpm: int | None = Field(default=None, ge=1)
+    """Tokens (input + output) per minute; over it requests get a 429 with Retry-After."""
+    daily_budget_usd: float | None = Field(default=None, ge=0)
+    """Dollars per UTC day. The worst case of a request is reserved before it is sent."""
+    monthly_budget_usd: float | None = Field(default=None, ge=0)
+    """Dollars per UTC calendar month."""
+
+
+class CacheConfig(_Section):
+    enabled: bool = True
+    mode: Literal["deterministic", "opt_in"] = "deterministic"
+    """``deterministic``: cache requests with temperature 0 or a seed, and any that send
+    ``x-routedeck-cache: on``; ``opt_in``: only those that send the header."""
+    ttl_s: float = Field(default=3600.0, gt=0)
+    max_entries: int = Field(default=10_000, ge=1)
+    max_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+
+
+class AlertsConfig(_Section):
+    budget_thresholds: tuple[float, ...] = (0.5, 0.8, 1.0)
+    """Shares of a tenant's daily budget that raise an alert, once each per day."""
+    spend_rate_factor: float = Field(default=2.0, gt=1)
+    """Alert when this hour's spend is over this multiple of the same hour on trailing days."""
+    trailing_days: int = Field(default=7, ge=1, le=90)
+    fallback_ratio: float = Field(default=0.2, gt=0, le=1)
+    """Alert when the share of requests served by a fallback goes over this."""
+    min_requests: int = Field(default=20, ge=1)
+    """Fallback-ratio alerts need at least this many requests in the metrics window."""
+    webhook_url: str | None = None
+    """Alerts are POSTed here as JSON (retried, one delivery per alert per day)."""
+    webhook_timeout_s: float = Field(default=5.0, gt=0)
+    webhook_retries: int = Field(default=3, ge=0, le=10)
 
 
 class RuleConfig(_Section):
@@ -262,6 +312,8 @@ class Config(_Section):
     classifier: ClassifierConfig = ClassifierConfig()
     tenants: dict[str, TenantConfig] = Field(default_factory=dict)
     policy: PolicyConfig = PolicyConfig()
+    cache: CacheConfig = CacheConfig()
+    alerts: AlertsConfig = AlertsConfig()
 
     source: str = Field(default="<memory>", exclude=True)
     """Where the config came from; set by the loader, not by the file."""
@@ -482,6 +534,27 @@ def _cross_check(config: Config) -> list[Problem]:
                 "policy.on_cost_ceiling",
                 '"recovery" needs a safe-mode tier',
                 'define [tiers.recovery] or set policy.safe_mode_tier, or use "refuse"',
+            )
+        )
+    for name, tier in config.tiers.items():
+        if tier.summarize_trimmed and tier.summary_tier not in config.tiers:
+            unknown(f"tiers.{name}.summary_tier", "tier", tier.summary_tier, config.tiers)
+    for i, share in enumerate(config.alerts.budget_thresholds):
+        if not 0 < share <= 10:
+            problems.append(
+                Problem(
+                    f"alerts.budget_thresholds[{i}]",
+                    f"{share} is not a share of a budget",
+                    "use values like 0.5, 0.8 and 1.0",
+                )
+            )
+    hook = config.alerts.webhook_url
+    if hook is not None and not hook.startswith(("http://", "https://")):
+        problems.append(
+            Problem(
+                "alerts.webhook_url",
+                f"{hook!r} is not an http(s) URL",
+                "use a URL like https://hooks.example/routedeck",
             )
         )
     for task, tier_name in config.tasks.items():

@@ -110,6 +110,66 @@ MIGRATIONS: tuple[Migration, ...] = (
         CREATE INDEX requests_task ON requests (task, started_at);
         """,
     ),
+    Migration(
+        3,
+        "cost control: virtual keys, spend ledger, response cache, alerts",
+        """
+        -- Virtual API keys. Only a SHA-256 of the key is stored; prefix is its first characters,
+        -- shown so that an operator can tell keys apart.
+        CREATE TABLE api_keys (
+            id         TEXT PRIMARY KEY,
+            tenant     TEXT NOT NULL,
+            name       TEXT NOT NULL,
+            hash       TEXT NOT NULL UNIQUE,
+            prefix     TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            revoked_at REAL
+        );
+        CREATE INDEX api_keys_tenant ON api_keys (tenant);
+
+        -- Settled spend per tenant per UTC day (YYYY-MM-DD); what budgets are checked against.
+        CREATE TABLE spend (
+            tenant            TEXT NOT NULL,
+            day               TEXT NOT NULL,
+            cost_usd          REAL NOT NULL DEFAULT 0,
+            requests          INTEGER NOT NULL DEFAULT 0,
+            input_tokens      INTEGER NOT NULL DEFAULT 0,
+            output_tokens     INTEGER NOT NULL DEFAULT 0,
+            unpriced_requests INTEGER NOT NULL DEFAULT 0,
+            cache_hits        INTEGER NOT NULL DEFAULT 0,
+            saved_usd         REAL NOT NULL DEFAULT 0,
+            PRIMARY KEY (tenant, day)
+        );
+
+        -- Deterministic response cache; key is a hash namespaced by tenant.
+        CREATE TABLE cache (
+            key        TEXT PRIMARY KEY,
+            tenant     TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            expires_at REAL NOT NULL,
+            size       INTEGER NOT NULL,
+            hits       INTEGER NOT NULL DEFAULT 0,
+            cost_usd   REAL,
+            response   BLOB NOT NULL
+        );
+        CREATE INDEX cache_expires_at ON cache (expires_at);
+        CREATE INDEX cache_created_at ON cache (created_at);
+
+        -- Alerts raised; (day, key) makes each alert once per day.
+        CREATE TABLE alerts (
+            id           INTEGER PRIMARY KEY AUTOINCREMENT,
+            at           REAL NOT NULL,
+            day          TEXT NOT NULL,
+            key          TEXT NOT NULL,
+            kind         TEXT NOT NULL,
+            severity     TEXT NOT NULL,
+            message      TEXT NOT NULL,
+            detail       TEXT NOT NULL,
+            delivered_at REAL,
+            UNIQUE (day, key)
+        );
+        """,
+    ),
 )
 
 
