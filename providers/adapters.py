@@ -12,7 +12,7 @@ Both adapters implement `Adapter`:
 Adapters hold no state between calls; the `httpx.AsyncClient` they are given is shared and
 owned by the caller. Every response is closed before the call returns or the generator ends,
 also when the consumer stops iterating early (``aclose()`` or leaving an ``async for``).
-After the `StreamEnd` the adapter reads what is left of the body, normally nothing, so that the
+Before the `StreamEnd` the adapter reads what is left of the body, normally nothing, so that the
 connection can go back to the pool.
 
 Failures are raised as `providers.errors` types, never as httpx exceptions:
@@ -465,14 +465,15 @@ class _HTTPAdapter:
                     end = decoder.finish()
                 except errors.StreamBroken as exc:
                     raise self._stream_error(exc, started, decoder) from None
-                yield end
-                # Normally only the end of the body is left; reading it lets httpx reuse the
-                # connection instead of closing it.
+                # Normally only the end of the body is left. Read it before yielding the end:
+                # consumers stop at `StreamEnd` and close this generator, and an unread body
+                # makes httpx close the connection instead of returning it to the pool.
                 try:
                     async for _ in events:
                         pass
                 except httpx.HTTPError:
                     pass
+                yield end
             finally:
                 await events.aclose()
         finally:

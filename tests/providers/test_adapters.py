@@ -858,3 +858,33 @@ async def test_transport_errors_keep_their_cause(
     with pytest.raises(errors.ConnectFailed) as info:
         await openai_adapter(handler).complete(REQUEST, "m", timeouts=TIMEOUTS)
     assert any(isinstance(e, httpx.ConnectError) for e in _iter_chain(info.value))
+
+
+async def test_a_finished_stream_returns_its_connection_to_the_pool() -> None:
+    """Consumers stop at StreamEnd and close the generator; the connection must be reused."""
+    from providers.adapters import OpenAIAdapter as _OpenAI
+    from providers.canonical import StreamEnd as _End
+    from providers.sim import SimServer
+
+    server = SimServer()
+    accepted = 0
+    make = server._connection
+
+    def counting() -> Any:
+        nonlocal accepted
+        accepted += 1
+        return make()
+
+    server._connection = counting  # type: ignore[method-assign]
+    async with server, httpx.AsyncClient() as client:
+        adapter = _OpenAI(client, base_url=server.base_url("p", "openai"), api_key=None)
+        request = ChatRequest(
+            model="m", messages=(Message("user", (TextPart("hi"),)),), stream=True
+        )
+        for _ in range(5):
+            events = adapter.stream(request, "m", timeouts=Timeouts(connect=2, read=2))
+            async for event in events:
+                if isinstance(event, _End):
+                    break
+            await events.aclose()
+        assert accepted == 1
