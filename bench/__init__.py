@@ -1,0 +1,1 @@
+"""routedeck's benchmarks: `bench.run` (the command), `bench.loadgen`, `bench.services`."""
