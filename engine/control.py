@@ -20,8 +20,10 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 
 from engine.breakers import Breakers
-from engine.config import Config, DeploymentConfig
+from engine.budgets import BudgetExceeded
+from engine.config import Config
 from engine.metrics import Metrics
+from engine.pricing import PriceBook
 from engine.retry_budget import RetryBudget
 from engine.routing import Route
 from providers.adapters import Adapter, Timeouts
@@ -89,7 +91,10 @@ class Attempts:
     usage: Usage | None = None
     ttft_ms: float | None = None
     cost_usd: float | None = None
-    priced: bool = True
+    """What every attempt of the request cost, failed ones that reported usage included; None
+    when the deployment that served it has no known price."""
+    guard: Callable[[str], None] | None = None
+    """Called before each attempt with its deployment; raises `BudgetExceeded` to stop."""
 
     @property
     def fallback(self) -> bool:
@@ -112,6 +117,7 @@ class _Plan:
     retries: dict[str, int] = field(default_factory=dict)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     budget_exhausted: bool = False
+    refusal: RequestFailed | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +146,7 @@ class Controller:
         *,
         breakers: Breakers,
         retry_budget: RetryBudget,
+        prices: PriceBook,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
     ) -> None:
@@ -149,6 +156,7 @@ class Controller:
         self._store = store
         self._breakers = breakers
         self._budget = retry_budget
+        self._prices = prices
         self._clock = clock
         self._rng = rng or random.Random()
 
@@ -199,6 +207,8 @@ class Controller:
             candidate += 1
         if candidate is None or candidate >= len(chain):
             return None
+        if chain[candidate] != chain[i] and not self._guard(plan, chain[candidate]):
+            return None
         if not self._budget.try_spend(now):
             plan.budget_exhausted = True
             return None
@@ -213,13 +223,23 @@ class Controller:
         plan.index = candidate
         return chain[candidate]
 
-    def _cost(self, dep: DeploymentConfig, usage: Usage | None) -> float | None:
-        if dep.price is None or usage is None:
-            return None
-        return (
-            usage.input_tokens * dep.price.input_per_mtok
-            + usage.output_tokens * dep.price.output_per_mtok
-        ) / 1_000_000
+    def _guard(self, plan: _Plan, name: str) -> bool:
+        """Re-check the tenant's budget for a fallback to ``name``; False stops the request."""
+        if plan.attempts.guard is None:
+            return True
+        try:
+            plan.attempts.guard(name)
+        except BudgetExceeded as exc:
+            plan.refusal = RequestFailed(
+                exc.message,
+                status=429,
+                kind="rate_limit",
+                code="budget_exceeded",
+                cause="budget",
+                retry_after=exc.retry_after,
+            )
+            return False
+        return True
 
     def _begin(self, attempts: Attempts, name: str) -> tuple[float, float]:
         attempts.path.append(name)
@@ -259,12 +279,16 @@ class Controller:
         self._store.log_attempt(rec)
         retry_after = error.retry_after if isinstance(error, RateLimited) else None
         self._breakers.record(name, rec.outcome, self._clock(), retry_after=retry_after)
+        if usage is not None:
+            cost = self._prices.cost(name, usage)
+            if cost is not None:
+                attempts.cost_usd = (attempts.cost_usd or 0.0) + cost
         if error is None:
             attempts.served_by = name
             attempts.usage = usage
             attempts.ttft_ms = ttft_ms
-            attempts.cost_usd = self._cost(dep, usage)
-            attempts.priced = dep.price is not None
+            if usage is not None and self._prices.price(name) is None:
+                attempts.cost_usd = None  # served unpriced: the total is unknown, never $0
         else:
             attempts.failures.append((name, error))
 
@@ -279,6 +303,8 @@ class Controller:
 
     def _give_up(self, plan: _Plan) -> RequestFailed:
         attempts, deadline = plan.attempts, plan.deadline
+        if plan.refusal is not None:
+            return plan.refusal
         if plan.budget_exhausted:
             tried = "; ".join(f"{n}: {e.cause}" for n, e in attempts.failures)
             return RequestFailed(

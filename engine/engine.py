@@ -1,7 +1,7 @@
 """The routing engine: owns the state store, the provider clients, the metrics and the snapshots.
 
     async with Engine(config) as engine:
-        response, meta = await engine.complete(request, api="openai", tenant="local")
+        response, meta = await engine.complete(request, Inbound(api="openai"))
 
 `Engine` is an async context manager. Entering opens the SQLite store, starts the in-process
 simulated upstream when the config has simulated providers, opens one pooled HTTP client per
@@ -19,59 +19,31 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
 import httpx
 
 from engine.breakers import Breakers
+from engine.budgets import Budgets
+from engine.cache import ResponseCache
 from engine.commands import Command, CommandResult, Effect
 from engine.config import Config, missing_secrets
-from engine.control import Attempts, Controller, Deadline, RequestFailed, StreamHandle
+from engine.control import Controller
 from engine.metrics import Metrics
 from engine.operator import Operator
+from engine.pipeline import Inbound, Pipeline, ResponseMeta, Session
+from engine.pricing import PriceBook
+from engine.quotas import Quotas
 from engine.retry_budget import RetryBudget
-from engine.routing import (
-    ANYWHERE,
-    Constraints,
-    Route,
-    Router,
-    RoutingError,
-    tenant_constraints,
-)
+from engine.routing import Router
 from engine.snapshot import HealthState, Snapshot
+from engine.tenants import KeyRing
+from engine.tokens import TokenCounter
 from providers.adapters import Adapter, AnthropicAdapter, OpenAIAdapter
-from providers.canonical import ChatRequest, ChatResponse, StreamEvent
+from providers.canonical import ChatRequest, ChatResponse
 from providers.sim import SimProfile, SimServer
-from state.records import RequestRecord
 from state.store import Store
-
-ARM_BASELINE = "baseline"
-TENANT_LOCAL = "local"
-"""The tenant of requests that carry no virtual key."""
-
-
-@dataclass(frozen=True, slots=True)
-class ResponseMeta:
-    """What the proxy tells the client about how its request was served (the x-routedeck-* headers)."""
-
-    request_id: str
-    tier: str | None
-    tier_reason: str
-    arm: str
-    provider: str
-    deployment: str
-    model: str
-    attempts: int
-    path: tuple[str, ...]
-    cache: str
-    cost_usd: float | None
-    """None when the deployment has no price: shown as ``unpriced``, never $0."""
-
-
-def new_request_id() -> str:
-    return "rd-" + os.urandom(8).hex()
 
 
 class Engine:
@@ -94,6 +66,13 @@ class Engine:
             policy.retry_budget, policy.retry_budget_window_s, policy.retry_budget_floor
         )
         self.metrics = Metrics(config, clock=clock, recent=config.server.recent_requests)
+        self.quotas = Quotas(config.tenants)
+        self.prices = PriceBook(config)
+        self.tokens = TokenCounter()
+        self.pipeline = Pipeline(self)
+        self._keys: KeyRing | None = None
+        self._budgets: Budgets | None = None
+        self._cache: ResponseCache | None = None
         self.warnings = [str(p) for p in missing_secrets(config, self._environ)]
         self.listen = ""
         self.state: str = "starting"
@@ -174,8 +153,18 @@ class Engine:
             self._store,
             breakers=self.breakers,
             retry_budget=self.retry_budget,
+            prices=self.prices,
             clock=self._clock,
         )
+        self._keys = KeyRing(self._store, require_keys=config.server.require_keys)
+        await self._keys.load()
+        self._budgets = Budgets(config.tenants, self._store, clock=self._clock)
+        await self._budgets.load()
+        self._cache = ResponseCache(config.cache, self._store, clock=self._clock)
+        await self._cache.open()
+        self._stack.push_async_callback(self._cache.close)  # saves hit counts before the store
+        maintenance = asyncio.create_task(self._maintain(), name="routedeck-maintenance")
+        self._stack.push_async_callback(_cancel, maintenance)
         self._operator = Operator(config, self._store, chaos=self._set_chaos if self.sim else None)
         await self._operator.load()
         self.state = "running"
@@ -239,6 +228,27 @@ class Engine:
             self._published.notify_all()
         return result
 
+    def clock(self) -> float:
+        return self._clock()
+
+    @property
+    def keys(self) -> KeyRing:
+        if self._keys is None:
+            raise RuntimeError("the engine is not running; use `async with Engine(config)`")
+        return self._keys
+
+    @property
+    def budgets(self) -> Budgets:
+        if self._budgets is None:
+            raise RuntimeError("the engine is not running; use `async with Engine(config)`")
+        return self._budgets
+
+    @property
+    def cache(self) -> ResponseCache:
+        if self._cache is None:
+            raise RuntimeError("the engine is not running; use `async with Engine(config)`")
+        return self._cache
+
     @property
     def store(self) -> Store:
         if self._store is None:
@@ -247,182 +257,23 @@ class Engine:
 
     # -- the request path ------------------------------------------------------------------
 
-    def route(
-        self,
-        request: ChatRequest,
-        *,
-        tenant: str = TENANT_LOCAL,
-        task: str | None = None,
-        constraints: Constraints = ANYWHERE,
-    ) -> Route:
-        """Raises `RoutingError` when the model is unknown or nothing can serve it."""
-        force = self.operator.safe_tier if self.safe_mode else None
-        tenant_config = self.config.tenants.get(tenant)
-        if tenant_config is not None:
-            constraints = constraints.merge(
-                tenant_constraints(tenant_config.regions, tenant_config.compliance)
-            )
-        now = self._clock()
-        return self.router.route(
-            request,
-            task=task,
-            constraints=constraints,
-            drained=self.drained,
-            unavailable=lambda name: self.breakers.unavailable(name, now),
-            force_tier=force,
-        )
-
-    def _deadline(self, route: Route) -> Deadline:
-        tier = self.router.tier_of(route)
-        return Deadline(
-            connect=tier.connect_timeout_s,
-            first_token=tier.first_token_s,
-            attempt=tier.attempt_s,
-            expires_at=time.monotonic() + tier.timeout_s,
-        )
-
-    def _start_call(
-        self,
-        request: ChatRequest,
-        *,
-        api: str,
-        tenant: str,
-        request_id: str | None,
-        task: str | None,
-        constraints: Constraints,
-    ) -> _Call:
-        call = _Call(
-            request=request,
-            api=api,
-            tenant=tenant,
-            task=task,
-            attempts=Attempts(request_id or new_request_id()),
-            started_wall=self._clock(),
-            started=time.monotonic(),
-        )
-        try:
-            call.route = self.route(request, tenant=tenant, task=task, constraints=constraints)
-        except RoutingError as exc:
-            self._log(
-                call, stream=request.stream, status=exc.status, outcome=exc.code, error=exc.message
-            )
-            raise
-        return call
-
     async def complete(
-        self,
-        request: ChatRequest,
-        *,
-        api: str,
-        tenant: str = TENANT_LOCAL,
-        request_id: str | None = None,
-        task: str | None = None,
-        constraints: Constraints = ANYWHERE,
+        self, request: ChatRequest, inbound: Inbound
     ) -> tuple[ChatResponse, ResponseMeta]:
         """Serve a non-streaming request. Raises `RoutingError` or `RequestFailed`."""
-        assert self._controller is not None
-        call = self._start_call(
-            request,
-            api=api,
-            tenant=tenant,
-            request_id=request_id,
-            task=task,
-            constraints=constraints,
-        )
-        assert call.route is not None
-        try:
-            response = await self._controller.complete(
-                request, call.route, self._deadline(call.route), call.attempts
-            )
-        except RequestFailed as exc:
-            self._log(call, stream=False, status=exc.status, outcome=exc.cause, error=exc.message)
-            raise
-        self._log(call, stream=False, status=200, outcome="ok", error=None)
-        assert call.attempts.served_by is not None
-        return response, self._meta(call.route, call.attempts, call.attempts.served_by)
+        return await self.pipeline.complete(request, inbound)
 
-    async def stream(
-        self,
-        request: ChatRequest,
-        *,
-        api: str,
-        tenant: str = TENANT_LOCAL,
-        request_id: str | None = None,
-        task: str | None = None,
-        constraints: Constraints = ANYWHERE,
-    ) -> StreamSession:
-        """Open a stream: fallback happens here, before anything reaches the client.
+    async def stream(self, request: ChatRequest, inbound: Inbound) -> Session:
+        """Open a stream (fallback happens before its first byte); close the session always.
 
-        Raises `RoutingError` or `RequestFailed`. The returned session must be closed.
-        """
-        assert self._controller is not None
-        call = self._start_call(
-            request,
-            api=api,
-            tenant=tenant,
-            request_id=request_id,
-            task=task,
-            constraints=constraints,
-        )
-        assert call.route is not None
-        try:
-            handle = await self._controller.open_stream(
-                request, call.route, self._deadline(call.route), call.attempts
-            )
-        except RequestFailed as exc:
-            self._log(call, stream=True, status=exc.status, outcome=exc.cause, error=exc.message)
-            raise
-        return StreamSession(self, call, handle)
+        Raises `RoutingError` or `RequestFailed`."""
+        return await self.pipeline.stream(request, inbound)
 
-    def _meta(self, route: Route, attempts: Attempts, deployment: str) -> ResponseMeta:
-        dep = self.config.deployments[deployment]
-        return ResponseMeta(
-            request_id=attempts.request_id,
-            tier=route.tier,
-            tier_reason=route.reason,
-            arm=ARM_BASELINE,
-            provider=dep.provider,
-            deployment=deployment,
-            model=dep.model,
-            attempts=len(attempts.path),
-            path=tuple(attempts.path),
-            cache="bypass",
-            cost_usd=attempts.cost_usd,
-        )
-
-    def _log(
-        self, call: _Call, *, stream: bool, status: int, outcome: str, error: str | None
-    ) -> None:
-        attempts, route = call.attempts, call.route
-        served = attempts.served_by
-        usage = attempts.usage
-        rec = RequestRecord(
-            request_id=attempts.request_id,
-            started_at=call.started_wall,
-            tenant=call.tenant,
-            api=call.api,
-            model_requested=call.request.model,
-            tier=route.tier if route else None,
-            tier_reason=route.reason if route else None,
-            arm=ARM_BASELINE,
-            deployment=served,
-            provider=self.config.deployments[served].provider if served else None,
-            stream=stream,
-            status=status,
-            outcome=outcome,
-            attempts=len(attempts.path),
-            fallback=attempts.fallback,
-            latency_ms=(time.monotonic() - call.started) * 1000,
-            ttft_ms=attempts.ttft_ms,
-            input_tokens=usage.input_tokens if usage else None,
-            output_tokens=usage.output_tokens if usage else None,
-            cost_usd=attempts.cost_usd,
-            cache="bypass",
-            error=error,
-            task=call.task,
-        )
-        self.metrics.request_finished(rec, tuple(attempts.path), attempts.fallback_causes)
-        self.store.log_request(rec)
+    @property
+    def controller(self) -> Controller:
+        if self._controller is None:
+            raise RuntimeError("the engine is not running; use `async with Engine(config)`")
+        return self._controller
 
     # -- snapshots -------------------------------------------------------------------------
 
@@ -481,6 +332,12 @@ class Engine:
             async with self._published:
                 self._published.notify_all()
 
+    async def _maintain(self) -> None:
+        """Housekeeping that keeps state bounded: expired cache entries, once a minute."""
+        while True:
+            await asyncio.sleep(60)
+            await self.cache.purge_expired()
+
     async def snapshots(self) -> AsyncIterator[Snapshot]:
         """Every snapshot published from now on (a slow reader skips to the newest)."""
         last = -1
@@ -493,50 +350,6 @@ class Engine:
 
     def _newer_than(self, seq: int) -> bool:
         return self._latest is not None and self._latest.seq != seq
-
-
-class StreamSession:
-    """A stream that has its first event. Iterate it once, then `close` it (always)."""
-
-    def __init__(self, engine: Engine, call: _Call, handle: StreamHandle) -> None:
-        assert call.route is not None
-        self._engine = engine
-        self._call = call
-        self._handle = handle
-        self._closed = False
-        self.meta = engine._meta(call.route, handle.attempts, handle.deployment)
-        """Known when the first event arrives; ``cost_usd`` is None until the stream ends."""
-
-    def __aiter__(self) -> AsyncIterator[StreamEvent]:
-        return self._handle.__aiter__()
-
-    async def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        await self._handle.close()
-        err = self._handle.error
-        self._engine._log(
-            self._call,
-            stream=True,
-            status=200,
-            outcome="ok" if err is None else err.cause,
-            error=None if err is None else err.message,
-        )
-
-
-@dataclass(slots=True)
-class _Call:
-    """One request on its way through the engine."""
-
-    request: ChatRequest
-    api: str
-    tenant: str
-    task: str | None
-    attempts: Attempts
-    started_wall: float
-    started: float
-    route: Route | None = None
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:

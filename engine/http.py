@@ -13,6 +13,8 @@ Routes:
 - ``POST /admin/commands`` — apply a command (``{"command": "drain", "target": "sim-fast",
   "actor": "...", "reason": "..."}``, see `engine.commands`); 200 when applied, 409 when refused.
 - ``GET /admin/audit?limit=N`` — the newest audit entries, oldest first.
+- ``GET /admin/keys``, ``POST /admin/keys`` (``{"tenant": ..., "name": ...}``; the answer holds
+  the key, shown this once), ``POST /admin/keys/{id}/revoke`` — virtual API keys.
 
 With an admin token configured (``[server] admin_token_env``) the admin routes require
 ``Authorization: Bearer <token>``; without one they exist only when the server is bound to
@@ -45,8 +47,10 @@ from starlette.types import Receive, Scope, Send
 
 from engine.commands import Command, CommandError, command_from_dict
 from engine.control import RequestFailed
-from engine.engine import TENANT_LOCAL, Engine, ResponseMeta, StreamSession, new_request_id
+from engine.engine import Engine
+from engine.pipeline import Inbound, ResponseMeta, Session, new_request_id
 from engine.routing import RoutingError, constraints_from
+from engine.tenants import TENANT_LOCAL, ApiKey
 from providers import anthropic_wire, openai_wire
 from providers.canonical import ChatRequest
 from providers.errors import InvalidRequest, ProviderError
@@ -124,6 +128,8 @@ def meta_headers(meta: ResponseMeta, *, with_cost: bool) -> dict[str, str]:
         headers["x-routedeck-cost"] = (
             "unpriced" if meta.cost_usd is None else f"{meta.cost_usd:.8f}"
         )
+    if meta.trimmed_tokens:
+        headers["x-routedeck-trimmed-tokens"] = str(meta.trimmed_tokens)
     return headers
 
 
@@ -201,7 +207,7 @@ class _SSEResponse:
     """Streams a session's events as SSE and always closes the session, even on disconnect."""
 
     def __init__(
-        self, dialect: _Dialect, session: StreamSession, encoder: Any, headers: dict[str, str]
+        self, dialect: _Dialect, session: Session, encoder: Any, headers: dict[str, str]
     ) -> None:
         self._dialect = dialect
         self._session = session
@@ -335,34 +341,27 @@ def create_app(engine: Engine, *, admin_token: str | None, host: str) -> Starlet
                 )
             except ClientDisconnect:
                 return Response(status_code=499)
-            tenant = TENANT_LOCAL
-            task = request.headers.get("x-routedeck-task") or chat.metadata.get("task") or None
-            constraints = constraints_from(
-                request.headers.get("x-routedeck-region"),
-                request.headers.get("x-routedeck-compliance"),
+            auth = request.headers.get("authorization", "")
+            key = auth[7:].strip() if auth[:7].lower() == "bearer " else None
+            inbound = Inbound(
+                api=dialect.name,
+                key=key or request.headers.get("x-api-key"),
+                task=request.headers.get("x-routedeck-task") or chat.metadata.get("task") or None,
+                constraints=constraints_from(
+                    request.headers.get("x-routedeck-region"),
+                    request.headers.get("x-routedeck-compliance"),
+                ),
+                cache=request.headers.get("x-routedeck-cache"),
+                request_id=request_id,
             )
             try:
                 if chat.stream:
-                    session = await engine.stream(
-                        chat,
-                        api=dialect.name,
-                        tenant=tenant,
-                        request_id=request_id,
-                        task=task,
-                        constraints=constraints,
-                    )
+                    session = await engine.stream(chat, inbound)
                     encoder = dialect.encoder(request_id, chat, session.meta)
                     return _SSEResponse(
                         dialect, session, encoder, meta_headers(session.meta, with_cost=False)
                     )
-                response, meta = await engine.complete(
-                    chat,
-                    api=dialect.name,
-                    tenant=tenant,
-                    request_id=request_id,
-                    task=task,
-                    constraints=constraints,
-                )
+                response, meta = await engine.complete(chat, inbound)
             except RoutingError as exc:
                 kind = _ROUTING_KINDS.get(exc.code) or _STATUS_KINDS.get(exc.status, "unavailable")
                 param = "model" if exc.status == 404 else None
@@ -488,6 +487,71 @@ def create_app(engine: Engine, *, admin_token: str | None, host: str) -> Starlet
             return _json({"error": {"message": "limit must be a whole number"}}, 400)
         return _json({"entries": await engine.store.fetch_audit(max(1, min(limit, 10_000)))})
 
+    def key_json(key: ApiKey) -> dict[str, Any]:
+        return {
+            "id": key.id,
+            "tenant": key.tenant,
+            "name": key.name,
+            "prefix": key.prefix,
+            "created_at": key.created_at,
+            "revoked_at": key.revoked_at,
+        }
+
+    async def admin_keys(request: Request) -> Response:
+        denied = admin_denied(request)
+        if denied is not None:
+            return denied
+        if request.method == "GET":
+            return _json({"keys": [key_json(k) for k in engine.keys.list_keys()]})
+        try:
+            body = await read_json(request)
+        except (InvalidRequest, _BodyTooLarge):
+            body = None
+        tenant = body.get("tenant") if isinstance(body, dict) else None
+        name = body.get("name", "") if isinstance(body, dict) else ""
+        actor = body.get("actor", "admin-api") if isinstance(body, dict) else "admin-api"
+        known = sorted({*engine.config.tenants, TENANT_LOCAL})
+        if not isinstance(tenant, str) or tenant not in known or not isinstance(name, str):
+            return _json(
+                {
+                    "error": {
+                        "message": f'send {{"tenant": ..., "name": ...}} with a '
+                        f"tenant from [tenants]: {', '.join(known)}"
+                    }
+                },
+                400,
+            )
+        now = engine.clock()
+        key, record = await engine.keys.create(tenant, name, now=now)
+        await engine.store.audit(
+            str(actor),
+            "keys.create",
+            record.id,
+            {"tenant": tenant, "name": name, "prefix": record.prefix},
+            "applied",
+        )
+        return _json({**key_json(record), "key": key}, 201)
+
+    async def admin_revoke(request: Request) -> Response:
+        denied = admin_denied(request)
+        if denied is not None:
+            return denied
+        key_id = request.path_params["key_id"]
+        record = await engine.keys.revoke(key_id, now=engine.clock())
+        if record is None:
+            return _json(
+                {
+                    "error": {
+                        "message": f"no key with id {key_id!r}; `routedeck keys list` shows them"
+                    }
+                },
+                404,
+            )
+        await engine.store.audit(
+            "admin-api", "keys.revoke", key_id, {"prefix": record.prefix}, "applied"
+        )
+        return _json(key_json(record))
+
     async def not_found(request: Request, exc: Exception) -> Response:
         status = getattr(exc, "status_code", 404)
         verb = "is not allowed on" if status == 405 else "does not exist on"
@@ -524,5 +588,7 @@ def create_app(engine: Engine, *, admin_token: str | None, host: str) -> Starlet
             Route("/admin/preview", admin_preview, methods=["POST"]),
             Route("/admin/commands", admin_command, methods=["POST"]),
             Route("/admin/audit", admin_audit, methods=["GET"]),
+            Route("/admin/keys", admin_keys, methods=["GET", "POST"]),
+            Route("/admin/keys/{key_id}/revoke", admin_revoke, methods=["POST"]),
         ],
     )

@@ -114,6 +114,10 @@ MIGRATIONS: tuple[Migration, ...] = (
         3,
         "cost control: virtual keys, spend ledger, response cache, alerts",
         """
+        -- What caps and the cache did to each request.
+        ALTER TABLE requests ADD COLUMN trimmed_tokens INTEGER;
+        ALTER TABLE requests ADD COLUMN saved_usd REAL;
+
         -- Virtual API keys. Only a SHA-256 of the key is stored; prefix is its first characters,
         -- shown so that an operator can tell keys apart.
         CREATE TABLE api_keys (

@@ -61,3 +61,7 @@ class RequestRecord:
     error: str | None = None
     task: str | None = None
     """The task type the client named (``x-routedeck-task`` or ``metadata.task``), if any."""
+    trimmed_tokens: int | None = None
+    """Input tokens removed by the tier's input cap, when it trimmed the conversation."""
+    saved_usd: float | None = None
+    """For a cache hit: what the answer cost when it was first made."""

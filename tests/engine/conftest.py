@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -129,3 +130,13 @@ async def http(proxy: Proxy) -> AsyncIterator[httpx.AsyncClient]:
 
 
 CHAT_LOW = {"model": "low", "messages": [{"role": "user", "content": "Classify: urgent or not?"}]}
+
+
+async def wait_logged(proxy: Proxy, requests: int, deadline_s: float = 5.0) -> None:
+    """Wait until the engine has finished ``requests`` requests (a stream finishes after its
+    client has seen the last byte), then flush the log."""
+    async with asyncio.timeout(deadline_s):
+        async for snap in proxy.engine.snapshots():
+            if snap.requests_total >= requests:
+                break
+    await proxy.engine.store.flush()

@@ -10,7 +10,7 @@ import httpx
 import openai
 import pytest
 
-from tests.engine.conftest import Proxy, make_config, running
+from tests.engine.conftest import Proxy, make_config, running, wait_logged
 
 CHAT = {"model": "low", "messages": [{"role": "user", "content": "Classify: urgent or not?"}]}
 
@@ -78,7 +78,7 @@ async def test_a_stream_that_breaks_midway_is_not_retried(proxy: Proxy) -> None:
         with pytest.raises(openai.APIError, match="stream started"):
             async for _ in stream:
                 pass
-    await proxy.engine.store.flush()
+    await wait_logged(proxy, 1)
     (row,) = await proxy.engine.store.fetch_requests()
     assert row.attempts == 1 and row.outcome == "stream" and not row.fallback
     assert await attempts_of(proxy, row.request_id) == [("a-mini", "stream")]
