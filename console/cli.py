@@ -8,6 +8,7 @@
     routedeck check-config [--config F] [--strict]               validate a config, list problems
     routedeck drain|undrain TARGET [--url U]                     operator commands on a running engine
     routedeck safe-mode on|off [--url U]
+    routedeck keys create --tenant T [--name N] | list | revoke ID [--url U]
 
 The config comes from ``--config``, else ``$ROUTEDECK_CONFIG``, else ``./routedeck.toml``.
 Exit codes: 0 success, 1 runtime failure, 2 bad usage or a bad config.
@@ -154,6 +155,46 @@ def _operator(args: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
+def _cmd_keys(args: argparse.Namespace) -> int:
+    import httpx
+
+    token = os.environ.get(args.token_env) or None
+    headers = {"authorization": f"Bearer {token}"} if token else {}
+    base = args.url.rstrip("/")
+    try:
+        with httpx.Client(base_url=base, headers=headers, timeout=10) as http:
+            if args.action == "create":
+                r = http.post(
+                    "/admin/keys",
+                    json={"tenant": args.tenant, "name": args.name, "actor": args.actor},
+                )
+            elif args.action == "revoke":
+                r = http.post(f"/admin/keys/{args.id}/revoke")
+            else:
+                r = http.get("/admin/keys")
+    except httpx.HTTPError as exc:
+        print(f"routedeck: cannot reach routedeck at {base}: {exc}", file=sys.stderr)
+        return 1
+    body = r.json() if r.headers.get("content-type", "").startswith("application/json") else {}
+    if r.status_code >= 400:
+        message = body.get("error", {}).get("message") if isinstance(body, dict) else None
+        print(f"routedeck: {message or f'HTTP {r.status_code}'}", file=sys.stderr)
+        return 1
+    if args.action == "create":
+        print(f"created {body['id']} for tenant {body['tenant']}; the key (shown only now):")
+        print(body["key"])
+    elif args.action == "revoke":
+        print(f"revoked {body['id']} ({body['prefix']}…, tenant {body['tenant']})")
+    else:
+        print(f"{'id':<18} {'tenant':<14} {'name':<16} {'prefix':<12} state")
+        for key in body["keys"]:
+            state = "revoked" if key["revoked_at"] else "active"
+            print(
+                f"{key['id']:<18} {key['tenant']:<14} {key['name']:<16} {key['prefix']:<12} {state}"
+            )
+    return 0
+
+
 def _cmd_check_config(args: argparse.Namespace) -> int:
     config = _load(args)
     warnings = missing_secrets(config)
@@ -235,6 +276,18 @@ def _parser() -> argparse.ArgumentParser:
         p = sub.add_parser(verb, help=text)
         p.add_argument("target", help="provider or deployment name")
         operator_args(p)
+    keys = sub.add_parser("keys", help="create, list and revoke virtual API keys")
+    keys_sub = keys.add_subparsers(dest="action", metavar="ACTION", required=True)
+    create = keys_sub.add_parser("create", help="a new key for a tenant (shown once)")
+    create.add_argument("--tenant", required=True)
+    create.add_argument("--name", default="", help="what the key is for")
+    keys_sub.add_parser("list", help="every key, without the secret")
+    revoke = keys_sub.add_parser("revoke", help="revoke a key by id")
+    revoke.add_argument("id")
+    for p in (create, keys_sub.choices["list"], revoke):
+        operator_args(p)
+        p.set_defaults(func=_cmd_keys)
+
     safe = sub.add_parser("safe-mode", help="send all traffic to the safe-mode tier, or stop")
     safe.add_argument("state", choices=["on", "off"])
     operator_args(safe)
@@ -261,7 +314,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 VERBS = frozenset(
-    {"console", "demo", "drain", "undrain", "safe-mode", "serve", "sim", "check-config"}
+    {"console", "demo", "drain", "undrain", "safe-mode", "keys", "serve", "sim", "check-config"}
 )
 
 
