@@ -37,7 +37,7 @@ from engine.pricing import PriceBook
 from engine.quotas import Quotas
 from engine.retry_budget import RetryBudget
 from engine.routing import Router
-from engine.snapshot import HealthState, Snapshot
+from engine.snapshot import HealthState, Snapshot, SpendView, TenantSpendView
 from engine.tenants import KeyRing
 from engine.tokens import TokenCounter
 from providers.adapters import Adapter, AnthropicAdapter, OpenAIAdapter
@@ -319,6 +319,30 @@ class Engine:
             tokens=m.token_view(now),
             recent=m.recent(),
             state_queue=self._store.stats.queued if self._store else 0,
+            spend=self._spend_view(),
+        )
+
+    def _spend_view(self) -> SpendView | None:
+        if self._budgets is None or self._cache is None:
+            return None
+        m = self.metrics
+        by_tier, by_deployment, unpriced = m.cost_tables()
+        cache = self._cache.stats()
+        tenants = tuple(
+            TenantSpendView(t, day, day_budget, month, month_budget)
+            for t, day, day_budget, month, month_budget in self._budgets.view()
+        )
+        return SpendView(
+            today_usd=sum(t.spent_today_usd for t in tenants),
+            by_tenant=tenants,
+            by_tier=by_tier,
+            by_deployment=by_deployment,
+            successes_today=m.successes_today,
+            cost_per_success_usd=m.cost_today / m.successes_today if m.successes_today else None,
+            unpriced=unpriced,
+            cache_hit_ratio=cache.hit_ratio,
+            cache_saved_usd=cache.saved_usd,
+            cache_entries=cache.entries,
         )
 
     def _publish(self) -> None:

@@ -107,6 +107,11 @@ class Metrics:
         self._day = self._day_of(clock())
         self._tokens_by_tier: dict[str, list[int]] = {}
         self._tokens_by_tenant: dict[str, list[int]] = {}
+        self._cost_by_tier: dict[str, float] = {}
+        self._cost_by_deployment: dict[str, float] = {}
+        self._unpriced: dict[str, int] = {}
+        self.successes_today = 0
+        self.cost_today = 0.0
 
     @staticmethod
     def _day_of(now: float) -> int:
@@ -175,8 +180,28 @@ class Metrics:
         day = self._day_of(now)
         if day != self._day:
             self._day = day
-            self._tokens_by_tier.clear()
-            self._tokens_by_tenant.clear()
+            for table in (
+                self._tokens_by_tier,
+                self._tokens_by_tenant,
+                self._cost_by_tier,
+                self._cost_by_deployment,
+                self._unpriced,
+            ):
+                table.clear()
+            self.successes_today = 0
+            self.cost_today = 0.0
+        if rec.outcome == "ok":
+            self.successes_today += 1
+        if rec.cost_usd is not None:
+            self.cost_today += rec.cost_usd
+            tier_key = rec.tier or "-"
+            self._cost_by_tier[tier_key] = self._cost_by_tier.get(tier_key, 0.0) + rec.cost_usd
+            if rec.deployment is not None:
+                self._cost_by_deployment[rec.deployment] = (
+                    self._cost_by_deployment.get(rec.deployment, 0.0) + rec.cost_usd
+                )
+        elif rec.deployment is not None and rec.cache != "hit" and rec.input_tokens is not None:
+            self._unpriced[rec.deployment] = self._unpriced.get(rec.deployment, 0) + 1
         for table, key in (
             (self._tokens_by_tier, rec.tier or "-"),
             (self._tokens_by_tenant, rec.tenant),
@@ -394,6 +419,18 @@ class Metrics:
             by_tier=tuple(sorted((k, v[0], v[1]) for k, v in self._tokens_by_tier.items())),
             by_tenant=tuple(sorted((k, v[0], v[1]) for k, v in self._tokens_by_tenant.items())),
             spark=tuple(a + b for a, b in zip(ins, outs, strict=True)),
+        )
+
+    def cost_tables(
+        self,
+    ) -> tuple[
+        tuple[tuple[str, float], ...], tuple[tuple[str, float], ...], tuple[tuple[str, int], ...]
+    ]:
+        """Today's dollars by tier and by deployment, and unpriced requests by deployment."""
+        return (
+            tuple(sorted(self._cost_by_tier.items())),
+            tuple(sorted(self._cost_by_deployment.items())),
+            tuple(sorted(self._unpriced.items())),
         )
 
     def recent(self) -> tuple[RequestView, ...]:

@@ -160,6 +160,44 @@ class DrillView:
 
 
 @dataclass(frozen=True, slots=True)
+class TenantSpendView:
+    tenant: str
+    spent_today_usd: float
+    daily_budget_usd: float | None
+    spent_month_usd: float
+    monthly_budget_usd: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class SpendView:
+    """Dollars today (UTC). ``today_usd`` and the tenants' figures come from the durable ledger;
+    the tables by tier and deployment, successes and unpriced counts cover what this process
+    served today. Unpriced traffic is counted in ``unpriced``, never as $0."""
+
+    today_usd: float
+    by_tenant: tuple[TenantSpendView, ...]
+    by_tier: tuple[tuple[str, float], ...]
+    by_deployment: tuple[tuple[str, float], ...]
+    successes_today: int
+    cost_per_success_usd: float | None
+    """Today's cost (failed attempts included) over today's successful requests."""
+    unpriced: tuple[tuple[str, int], ...]
+    """Deployments without a known price that served requests today, with how many."""
+    cache_hit_ratio: float | None
+    cache_saved_usd: float
+    cache_entries: int
+
+
+@dataclass(frozen=True, slots=True)
+class AlertView:
+    at: float
+    kind: str
+    severity: str
+    """``info``, ``warning`` or ``critical``."""
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     seq: int
     taken_at: float
@@ -191,6 +229,9 @@ class Snapshot:
     """The newest requests, newest first."""
     state_queue: int
     """Rows waiting for the SQLite writer."""
+    spend: SpendView | None = None
+    alerts: tuple[AlertView, ...] = ()
+    """The newest alerts, newest first."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

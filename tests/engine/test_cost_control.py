@@ -284,3 +284,29 @@ async def test_an_unknown_model_is_unpriced_never_free(
     assert row.cost_usd is None
     unpriced = (await proxy.engine.store.query("SELECT unpriced_requests FROM spend"))[0][0]
     assert unpriced == 1
+
+
+async def test_the_snapshot_shows_dollars_cache_and_unpriced(tmp_path: Path) -> None:
+    extra = "[tenants.local]\ndaily_budget_usd = 5.0\n"
+    async with (
+        running(make_config(tmp_path, extra)) as p,
+        httpx.AsyncClient(base_url=p.url) as http,
+    ):
+        body = {**CHAT_LOW, "temperature": 0}
+        for _ in range(3):
+            assert (await http.post("/v1/chat/completions", json=body)).status_code == 200
+        assert (
+            await http.post("/v1/chat/completions", json={**CHAT_LOW, "model": "c-big"})
+        ).status_code == 200
+        spend = p.engine.snapshot(fresh=True).spend
+        assert spend is not None
+        ledger = (await p.engine.store.query("SELECT sum(cost_usd) FROM spend"))[0][0]
+        assert spend.today_usd == pytest.approx(ledger) and ledger > 0
+        (local,) = [t for t in spend.by_tenant if t.tenant == "local"]
+        assert local.daily_budget_usd == 5.0 and local.spent_today_usd == pytest.approx(ledger)
+        assert dict(spend.by_tier)["low"] == pytest.approx(ledger)
+        assert spend.unpriced == (("c-big", 1),)
+        assert spend.cache_hit_ratio == pytest.approx(2 / 3)
+        assert spend.cache_saved_usd == pytest.approx(2 * ledger)
+        assert spend.successes_today == 4
+        assert spend.cost_per_success_usd == pytest.approx(ledger / 4)
