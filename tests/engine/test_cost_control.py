@@ -310,3 +310,28 @@ async def test_the_snapshot_shows_dollars_cache_and_unpriced(tmp_path: Path) -> 
         assert spend.cache_saved_usd == pytest.approx(2 * ledger)
         assert spend.successes_today == 4
         assert spend.cost_per_success_usd == pytest.approx(ledger / 4)
+
+
+async def test_trimmed_turns_can_be_summarised_by_the_low_tier(tmp_path: Path) -> None:
+    extra = """
+[tiers.summarised]
+deployments = ["b-mid"]
+max_input_tokens = 300
+summarize_trimmed = true
+summary_tier = "low"
+"""
+    async with (
+        running(make_config(tmp_path, extra)) as p,
+        httpx.AsyncClient(base_url=p.url) as http,
+    ):
+        for _ in range(2):
+            r = await http.post("/v1/chat/completions", json=long_chat("summarised"))
+            assert r.status_code == 200, r.text
+            assert int(r.headers["x-routedeck-trimmed-tokens"]) > 0
+        await p.engine.store.flush()
+        rows = await p.engine.store.fetch_requests()
+        summaries = [(r.tier, r.cache) for r in rows if r.task == "history_summary"]
+        # The summary is made by the low tier once; the second time it comes from the cache.
+        assert summaries == [("low", "miss"), ("low", "hit")]
+        main = [r for r in rows if r.tier == "summarised"]
+        assert len(main) == 2 and all(r.trimmed_tokens for r in main)
