@@ -7,8 +7,8 @@ The app sees the engine only through an `EngineLink`: it renders snapshots and s
 commands. One worker (the snapshot pump) reads ``link.snapshots()``, paces itself to the
 refresh rate, and assigns the newest snapshot to the single reactive `snapshot` unless
 rendering is paused or a dialog is open; every pane is data-bound to it. A one-second tick
-owned by the app recomputes only how old the data is, so the header can turn stale when the
-engine goes quiet.
+owned by the app recomputes only how old the data is and why the link went quiet (when it
+says), so the header can turn stale when the engine goes quiet and tell why.
 
 Every change follows the same path: a key from `console.bindings` → an ``action_*`` →
 ``link.preview`` → a `ConfirmScreen` that states the effect → ``link.submit`` → a toast, and
@@ -188,7 +188,7 @@ class RouteDeckApp(App[None]):
         self.update_age()
 
     def update_age(self) -> None:
-        """Recompute how old the data is; the app's tick calls this once a second."""
+        """Recompute how old the data is and why the link went quiet (the tick, once a second)."""
         now = self._clock()
         last = self._arrived_at if self._arrived_at is not None else self._started_at
         silent_for = now - last
@@ -196,6 +196,7 @@ class RouteDeckApp(App[None]):
             shown_age=None if self._shown_at is None else now - self._shown_at,
             silent_for=silent_for,
             stale=silent_for > self.stale_after,
+            link_error=self._link.last_error,
         )
 
     @property

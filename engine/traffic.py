@@ -3,8 +3,10 @@
 `TrafficGenerator` sends requests over real HTTP to a running proxy, so everything the console
 shows comes from the real request path. The mix: task types from cheap (classification,
 rewrites) to expensive (long reasoning), both inbound APIs, streaming and not, several tenants'
-keys, and now and then a tool call. Arrivals are Poisson at ``rate`` per second, with at most
-``max_in_flight`` requests outstanding, so a hung provider cannot pile up unbounded work.
+keys, and now and then a tool call. Some requests name a tier through an alias, others send
+``model: "auto"`` with their task type and let routedeck choose. Arrivals are Poisson at
+``rate`` per second, with at most ``max_in_flight`` requests outstanding, so a hung provider
+cannot pile up unbounded work.
 """
 
 from __future__ import annotations
@@ -36,9 +38,9 @@ DEMO_TASKS: tuple[TaskType, ...] = (
         "Classify this ticket as billing, bug or other: {n}",
         16,
     ),
-    TaskType("rewrite", "claude-haiku", 20, "Rewrite politely: the report {n} is late again.", 80),
+    TaskType("rewrite", "auto", 20, "Rewrite politely: the report {n} is late again.", 80),
     TaskType(
-        "extraction", "gpt-4o", 20, "Extract the invoice number and total from: INV-{n} ...", 120
+        "extraction", "auto", 20, "Extract the invoice number and total from: INV-{n} ...", 120
     ),
     TaskType("rag_answer", "claude-sonnet", 15, "Using the context, answer question {n}.", 200),
     TaskType("reasoning", "o3", 5, "Plan the migration of service {n} step by step.", 400),

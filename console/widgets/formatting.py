@@ -7,6 +7,7 @@ A value the engine could not know (None) is shown as an em dash, never as 0.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 
@@ -20,6 +21,16 @@ GLYPHS: dict[str, str] = {
     "idle": "○",
 }
 
+BREAKER_GLYPHS: dict[str, str] = {
+    "open": "⊘",
+    "half_open": "◐",
+    "closed": "●",
+}
+"""A deployment's circuit breaker: out of rotation, letting a probe through, or closed."""
+
+BREAKER_STATES: dict[str, str] = {"open": "open", "half_open": "half-open", "closed": "closed"}
+"""The word for each breaker state, which is also its state class (``live-table--half-open``)."""
+
 UNKNOWN = "—"
 _BARS = "▁▂▃▄▅▆▇█"
 
@@ -27,6 +38,25 @@ _BARS = "▁▂▃▄▅▆▇█"
 def health(state: HealthState | str) -> str:
     """Glyph and word, e.g. ``"● healthy"``; the word keeps it readable without colour."""
     return f"{GLYPHS.get(state, '?')} {state}"
+
+
+def breaker(state: str, left_s: float | None = None, *, suffix: str = "") -> str:
+    """Glyph, word and time left, e.g. ``"⊘ open 12s"``, ``"◐ half-open"``.
+
+    ``suffix`` follows the time left (``" left"``); nothing is added without a time.
+    """
+    text = f"{BREAKER_GLYPHS.get(state, '?')} {BREAKER_STATES.get(state, state)}"
+    if state == "open" and left_s is not None:
+        text += f" {time_left(left_s)}{suffix}"
+    return text
+
+
+def time_left(seconds: float) -> str:
+    """A wait still to run, rounded up so it never reads 0 while it lasts: ``12s``, ``2m``."""
+    whole = max(0, math.ceil(seconds))
+    if whole < 100:
+        return f"{whole}s"
+    return f"{math.ceil(whole / 60)}m"
 
 
 def percent(value: float | None, *, digits: int = 0) -> str:

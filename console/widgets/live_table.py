@@ -7,20 +7,62 @@ position and unchanged cells survive every refresh.
 
 A cell is plain text, or ``(text, state)`` to colour it by state: ``state`` selects the
 component class ``live-table--<state>``, styled in ``app.tcss`` with theme variables.
+
+Columns fit the table's width: a `Column` with a ``drop`` rank is left out when the table is
+too narrow for every column (the highest rank goes first), and one ``fill`` column takes the
+width the others leave. Rows always carry a cell for every column; hidden ones are kept and
+shown again when the table widens.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import ClassVar
 
 from rich.text import Text
+from textual import events
 from textual.widgets import DataTable
 
 Cell = str | tuple[str, str]
 Row = tuple[str, Sequence[Cell]]
 
-STATES = ("healthy", "degraded", "down", "drained", "idle", "muted", "warn", "bad", "strong")
+STATES = (
+    "healthy",
+    "degraded",
+    "down",
+    "drained",
+    "idle",
+    "muted",
+    "warn",
+    "bad",
+    "strong",
+    "open",
+    "half-open",
+)
+
+PADDING = 2
+"""Cells a DataTable adds around every column (one on each side)."""
+SCROLLBAR = 1
+"""Kept free for the vertical scrollbar when a fill column sizes itself."""
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    key: str
+    label: str
+    width: int | None
+    """Cells wide; None sizes the column to its content; for a fill column, its least width."""
+    drop: int = 0
+    """0 keeps the column at any width; otherwise, when the table is too narrow, columns are
+    dropped highest rank first."""
+    fill: bool = False
+    """Take the width the other shown columns leave (at most one column, the last)."""
+
+
+ColumnSpec = Column | tuple[str, str, int | None]
+Layout = tuple[tuple[str, int | None], ...]
+"""The shown columns as (key, width), in order."""
 
 
 class LiveTable(DataTable[Text]):
@@ -30,12 +72,12 @@ class LiveTable(DataTable[Text]):
 
     def __init__(
         self,
-        columns: Sequence[tuple[str, str, int | None]],
+        columns: Sequence[ColumnSpec],
         *,
         id: str | None = None,
         classes: str | None = None,
     ) -> None:
-        """``columns`` are ``(key, label, width)``; a width of None sizes to content."""
+        """``columns`` are `Column` values or ``(key, label, width)`` tuples."""
         # The cell's own colour wins over the cursor's, so the selected row keeps its state colour.
         super().__init__(
             id=id,
@@ -44,17 +86,78 @@ class LiveTable(DataTable[Text]):
             zebra_stripes=False,
             cursor_foreground_priority="renderable",
         )
-        self._columns_spec = tuple(columns)
+        self._columns_spec = tuple(c if isinstance(c, Column) else Column(*c) for c in columns)
+        self._index = {c.key: i for i, c in enumerate(self._columns_spec)}
         self._cells: dict[str, tuple[Cell, ...]] = {}
-        for key, label, width in self._columns_spec:
-            self.add_column(label, width=width, key=key)
+        self._layout: Layout = ()
+        self._apply_layout(self._layout_for(None))
 
     def on_mount(self) -> None:
         self.watch(self.app, "theme", self._theme_changed, init=False)
 
+    def on_resize(self, event: events.Resize) -> None:
+        # Changing columns while the resize is being handled is not laid out; do it after.
+        self.call_after_refresh(self._fit)
+
     def _theme_changed(self) -> None:
         # The new theme's variables are resolved on the next refresh, not yet.
         self.call_after_refresh(self._restyle)
+
+    # -- columns ----------------------------------------------------------------------------
+
+    def _layout_for(self, width: int | None) -> Layout:
+        """The columns to show in ``width`` cells (None: not laid out yet, so the fewest)."""
+        shown = [c for c in self._columns_spec if not c.drop]
+        if width is not None:
+            shown = list(self._columns_spec)
+            while _needs(shown) > width and any(c.drop for c in shown):
+                worst = max(shown, key=lambda c: c.drop)
+                shown.remove(worst)
+        layout: list[tuple[str, int | None]] = []
+        for column in shown:
+            size = column.width
+            if column.fill and width is not None:
+                spare = width - SCROLLBAR - _needs(shown)
+                size = (column.width or 0) + max(0, spare)
+            layout.append((column.key, size))
+        return tuple(layout)
+
+    def _fit(self) -> None:
+        if not self.is_mounted or not self.size.width:
+            return
+        layout = self._layout_for(self.size.width)
+        if layout != self._layout:
+            with self.app.batch_update():
+                self._apply_layout(layout)
+            self.layout_changed()
+
+    def _apply_layout(self, layout: Layout) -> None:
+        # Columns can only be appended, so keep the longest prefix that is already right.
+        keep = 0
+        while keep < min(len(layout), len(self._layout)) and layout[keep] == self._layout[keep]:
+            keep += 1
+        for key, _ in self._layout[keep:]:
+            self.remove_column(key)
+        self._layout = layout
+        for key, width in layout[keep:]:
+            label = self._columns_spec[self._index[key]].label
+            self.add_column(Text(label), width=width, key=key)
+            for row, values in self._cells.items():
+                cell = self._renderable(values[self._index[key]])
+                self.update_cell(row, key, cell, update_width=width is None)
+
+    def layout_changed(self) -> None:
+        """Called after columns were shown or hidden; subclasses may re-render their rows."""
+
+    def shows(self, column: str) -> bool:
+        """True when ``column`` is on screen at the table's current width."""
+        return any(key == column for key, _ in self._layout)
+
+    @property
+    def shown_columns(self) -> list[str]:
+        return [key for key, _ in self._layout]
+
+    # -- rows -------------------------------------------------------------------------------
 
     @property
     def keys(self) -> list[str]:
@@ -103,7 +206,10 @@ class LiveTable(DataTable[Text]):
                     self._update(key, values)
                 else:
                     self._cells[key] = values
-                    self.add_row(*(self._renderable(c) for c in values), key=key)
+                    self.add_row(*self._shown(values), key=key)
+
+    def _shown(self, values: tuple[Cell, ...]) -> list[Text]:
+        return [self._renderable(values[self._index[key]]) for key, _ in self._layout]
 
     def _remove(self, key: str) -> None:
         self.remove_row(key)
@@ -113,9 +219,10 @@ class LiveTable(DataTable[Text]):
         old = self._cells[key]
         if old == values:
             return
-        for (column, _, _), before, after in zip(self._columns_spec, old, values, strict=True):
-            if before != after:
-                self.update_cell(key, column, self._renderable(after))
+        for column, _ in self._layout:
+            index = self._index[column]
+            if old[index] != values[index]:
+                self.update_cell(key, column, self._renderable(values[index]))
         self._cells[key] = values
 
     def _renderable(self, cell: Cell) -> Text:
@@ -128,6 +235,12 @@ class LiveTable(DataTable[Text]):
     def _restyle(self) -> None:
         # Coloured cells carry a resolved style; redraw them when the theme changes.
         for key, values in self._cells.items():
-            for (column, _, _), cell in zip(self._columns_spec, values, strict=True):
+            for column, _ in self._layout:
+                cell = values[self._index[column]]
                 if not isinstance(cell, str):
                     self.update_cell(key, column, self._renderable(cell))
+
+
+def _needs(columns: Sequence[Column]) -> int:
+    """Cells ``columns`` take at their least widths, padding included."""
+    return sum((c.width or 0) + PADDING for c in columns)

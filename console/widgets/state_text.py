@@ -2,8 +2,9 @@
 
 Subclasses build `rich.text.Text` with `styled` and the state's name (``healthy``,
 ``degraded``, ``down``, ``drained``, ``idle``, ``muted``, ``warn``, ``bad``, ``strong``,
-``safe``); the colour comes from ``app.tcss`` (``StateText > .state--healthy`` with
-``$success`` and so on), so Python never names a colour.
+``safe``, and a circuit breaker's ``open`` and ``half-open``); the colour comes from
+``app.tcss`` (``StateText > .state--healthy`` with ``$success`` and so on), so Python never
+names a colour.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ STATES = (
     "bad",
     "strong",
     "safe",
+    "open",
+    "half-open",
 )
 
 

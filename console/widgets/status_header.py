@@ -2,7 +2,9 @@
 
 One line: listen address, engine state, release and rollout stage, requests/s on the left;
 mode badges (SAFE MODE, READ-ONLY, PAUSED, ATTACHED) and the data age on the right. When the
-engine stops delivering snapshots the header takes the ``-stale`` class and says so.
+engine stops delivering snapshots the header takes the ``-stale`` class and says so, followed
+by why when the link knows (an attached engine that cannot be reached), shortened to fit, in
+place of the summary.
 """
 
 from __future__ import annotations
@@ -17,6 +19,18 @@ from textual.widgets import Label
 from console.widgets.formatting import age, rate
 from engine.snapshot import Snapshot
 
+ERROR_CHARS = 60
+"""The longest link error the header shows; the rest is cut with an ellipsis."""
+
+
+def shorten_error(error: str, label: str, limit: int = ERROR_CHARS) -> str:
+    """``error`` on one line, without the engine's address (the header shows it already)."""
+    text = " ".join(error.split())
+    _, found, rest = text.partition(f"{label}: ")
+    if found and rest:
+        text = rest
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
 
 @dataclass(frozen=True, slots=True)
 class Freshness:
@@ -28,6 +42,8 @@ class Freshness:
     """Seconds since the link last delivered a snapshot (or since start, before the first)."""
     stale: bool
     """True when ``silent_for`` exceeds a few refresh intervals."""
+    link_error: str | None = None
+    """Why the link stopped receiving snapshots, when it says; None while it works."""
 
 
 class StatusHeader(Horizontal):
@@ -50,6 +66,7 @@ class StatusHeader(Horizontal):
         yield Label("PAUSED", id="badge-paused", classes="badge -paused")
         yield Label("ATTACHED", id="badge-attached", classes="badge -attached")
         yield Label("waiting for the engine", id="age", markup=False)
+        yield Label("", id="link-error", markup=False)
 
     def on_mount(self) -> None:
         self.query_one("#badge-read-only").display = self._read_only
@@ -91,6 +108,12 @@ class StatusHeader(Horizontal):
         stale = bool(fresh and fresh.stale)
         self.set_class(stale, "-stale")
         label.set_class(stale, "-stale")
+        error = self.query_one("#link-error", Label)
+        why = fresh.link_error if fresh is not None and stale else None
+        error.display = bool(why)
+        error.update(shorten_error(why, self._label) if why else "")
+        # The error takes the summary's place: its numbers are as old as the data.
+        self.query_one("#summary").display = not why
         if fresh is None or (fresh.shown_age is None and not stale):
             label.update("waiting for the engine")
         elif stale:

@@ -2,7 +2,13 @@
 
 The newest request is at the bottom and the table follows it unless it has focus (so an
 operator reading a row is not scrolled away). The filter matches, case-insensitively, any
-substring of a row's columns plus its tenant, model and request id.
+substring of a row's cells (those a narrow table hides included) plus its tenant, model and
+request id.
+
+Each row shows why the request got its tier (``task``, ``rule:long``, ``default``, ...) and its
+path: the deployments tried, in order, joined by `PATH_SEPARATOR`; the last one answered when
+the request succeeded, and a path of more than one is a fallback. The path takes whatever width
+is left; on a narrow table the tokens and then the reason give way to it.
 """
 
 from __future__ import annotations
@@ -14,18 +20,28 @@ from textual.reactive import reactive
 from textual.widgets import Input
 
 from console.widgets import formatting as fmt
-from console.widgets.live_table import Cell, LiveTable, Row
+from console.widgets.live_table import Cell, Column, LiveTable, Row
 from engine.snapshot import RequestView, Snapshot
 
+PATH_SEPARATOR = "\u203a"
+"""A single right-pointing angle quote: one cell, so a path of three still fits a narrow tail."""
+
 COLUMNS = (
-    ("time", "time", 8),
-    ("tier", "tier", 8),
-    ("deployment", "deployment", 15),
-    ("status", "status", 14),
-    ("latency", "latency", 7),
-    ("tokens", "tokens", 11),
-    ("path", "fallback path", None),
+    Column("time", "time", 8),
+    Column("tier", "tier", 8),
+    Column("why", "why", 10, drop=1),
+    Column("status", "status", 14),
+    Column("latency", "latency", 7),
+    Column("tokens", "tokens", 11, drop=2),
+    Column("path", "path", 24, fill=True),
 )
+
+
+def path_text(request: RequestView) -> str:
+    """The deployments tried, in order; the serving deployment alone when there was no attempt."""
+    if request.path:
+        return PATH_SEPARATOR.join(request.path)
+    return request.deployment or fmt.UNKNOWN
 
 
 def _cells(request: RequestView) -> tuple[Cell, ...]:
@@ -37,15 +53,15 @@ def _cells(request: RequestView) -> tuple[Cell, ...]:
     else:
         state = "healthy"
     tokens = f"{fmt.count(request.input_tokens)}→{fmt.count(request.output_tokens)}"
+    path = path_text(request)
     return (
         fmt.clock_time(request.at),
         request.tier or fmt.UNKNOWN,
-        request.deployment or fmt.UNKNOWN,
+        request.tier_reason or fmt.UNKNOWN,
         (f"{request.status} {request.outcome}", state),
         fmt.millis(request.latency_ms),
         tokens,
-        # Only a fallback has a path worth reading; a blank cell makes the ones that did stand out.
-        (" → ".join(request.path), "warn") if fell_back else "",
+        (path, "warn") if fell_back else path,
     )
 
 
@@ -63,7 +79,6 @@ def rows(snapshot: Snapshot, needle: str = "") -> list[Row]:
             haystack = " ".join(
                 [
                     *map(_plain, cells),
-                    *request.path,
                     request.tenant,
                     request.model,
                     request.request_id,

@@ -2,6 +2,7 @@
 
 Every number here is fixed, including ``taken_at``, so SVG snapshots are identical across runs.
 The provider layout mirrors the demo config: four simulated providers, one deployment each.
+Health reasons, breaker reasons and tier skips are worded as the engine words them.
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import AsyncIterator, Callable, Iterable
-from typing import Any
 
 from engine.commands import Command, CommandResult, Drain, Effect, SetSafeMode, Undrain
 from engine.snapshot import (
@@ -42,8 +42,12 @@ TIERS = (
     ("recovery", ("local-llama", "fast-mini")),
 )
 
+Stats = tuple[HealthState, float, float, float, float, float, int]
+Breaker = tuple[str, str, float | None]
+"""(state, reason, seconds left): ``("open", "5 failures in a row, last 5xx", 12.0)``."""
+
 # Per deployment: (state, share, p95 ms, error rate, 429 rate, timeout rate, in flight).
-HEALTHY: dict[str, tuple[HealthState, float, float, float, float, float, int]] = {
+HEALTHY: dict[str, Stats] = {
     "fast-mini": ("healthy", 0.46, 142.0, 0.0, 0.0, 0.0, 3),
     "balanced-sonnet": ("healthy", 0.31, 388.0, 0.01, 0.0, 0.0, 2),
     "strong-large": ("healthy", 0.12, 1910.0, 0.0, 0.0, 0.0, 4),
@@ -55,14 +59,27 @@ def _spark(level: int) -> tuple[int, ...]:
     return tuple((level * (3 + (i * 7) % 5)) // 4 for i in range(60))
 
 
-def _deployment(name: str, provider: str, model: str, stats: tuple[Any, ...]) -> DeploymentView:
+def _state_reason(state: HealthState, breaker: Breaker) -> str:
+    kind, why, _ = breaker
+    if state == "drained":
+        return "drained by an operator"
+    if kind == "open":
+        return f"breaker open: {why}"
+    if kind == "half_open":
+        return f"breaker half-open, probing: {why}"
+    return ""
+
+
+def _deployment(
+    name: str, provider: str, model: str, stats: Stats, breaker: Breaker = ("closed", "", None)
+) -> DeploymentView:
     state, share, p95, err, r429, timeout, in_flight = stats
     return DeploymentView(
         name=name,
         provider=provider,
         model=model,
         state=state,
-        state_reason="",
+        state_reason=_state_reason(state, breaker),
         rps=round(share * 24, 1),
         share=share,
         attempts=int(share * 1440),
@@ -78,28 +95,42 @@ def _deployment(name: str, provider: str, model: str, stats: tuple[Any, ...]) ->
         input_tokens_per_req=410.0,
         output_tokens_per_req=220.0,
         spark=_spark(int(share * 40)),
+        breaker=breaker[0],
+        breaker_reason=breaker[1],
+        breaker_left_s=breaker[2],
     )
 
 
 def _requests() -> tuple[RequestView, ...]:
+    # (tier, why, deployment, status, outcome, latency, tokens in, tokens out, path)
     rows = [
-        ("low", "fast-mini", 200, "ok", 131.0, 212, 48, ("fast-mini",)),
-        ("medium", "balanced-sonnet", 200, "ok", 402.0, 1830, 402, ("balanced-sonnet",)),
-        ("low", "local-llama", 200, "ok", 655.0, 190, 61, ("fast-mini", "local-llama")),
-        ("high", "strong-large", 200, "ok", 1874.0, 5210, 1380, ("strong-large",)),
-        ("low", None, 503, "overloaded", 20_012.0, None, None, ("fast-mini", "local-llama")),
-        ("medium", "balanced-sonnet", 200, "ok", 377.0, 990, 310, ("balanced-sonnet",)),
+        ("low", "task", "fast-mini", 200, "ok", 131.0, 212, 48, ("fast-mini",)),
+        ("medium", "default", "balanced-sonnet", 200, "ok", 402.0, 1830, 402, ("balanced-sonnet",)),
+        ("low", "task", "local-llama", 200, "ok", 655.0, 190, 61, ("fast-mini", "local-llama")),
+        ("high", "rule:long", "strong-large", 200, "ok", 1874.0, 5210, 1380, ("strong-large",)),
+        (
+            "low",
+            "alias",
+            None,
+            503,
+            "overloaded",
+            20_012.0,
+            None,
+            None,
+            ("fast-mini", "local-llama"),
+        ),
+        ("medium", "default", "balanced-sonnet", 200, "ok", 377.0, 990, 310, ("balanced-sonnet",)),
     ]
     out = []
-    for i, (tier, dep, status, outcome, latency, tin, tout, path) in enumerate(rows):
+    for i, (tier, why, dep, status, outcome, latency, tin, tout, path) in enumerate(rows):
         out.append(
             RequestView(
                 request_id=f"rd-{i:016x}",
                 at=T0 - 10 + i,
                 tenant="acme" if i % 2 else "local",
-                model=tier,
+                model=tier if why == "alias" else "auto",
                 tier=tier,
-                tier_reason="alias",
+                tier_reason=why,
                 deployment=dep,
                 status=status,
                 outcome=outcome,
@@ -114,18 +145,28 @@ def _requests() -> tuple[RequestView, ...]:
 
 
 def make_snapshot(
-    stats: dict[str, tuple[HealthState, float, float, float, float, float, int]] | None = None,
+    stats: dict[str, Stats] | None = None,
     *,
+    breakers: dict[str, Breaker] | None = None,
+    tier_shares: dict[str, tuple[float, ...]] | None = None,
     seq: int = 1,
     drained: tuple[str, ...] = (),
     safe_mode: bool = False,
     audit: tuple[AuditView, ...] = (),
     fallback_ratio: float = 0.021,
 ) -> Snapshot:
-    """A snapshot of the demo layout; ``stats`` overrides per-deployment health."""
+    """A snapshot of the demo layout.
+
+    ``stats`` overrides per-deployment health, ``breakers`` per-deployment breakers (closed
+    otherwise), ``tier_shares`` what each step of a tier served (all to the first step that is
+    neither down nor drained otherwise). Tiers skip drained deployments and open breakers, with
+    the deployment's reason, as the engine does.
+    """
     stats = {**HEALTHY, **(stats or {})}
+    breakers = breakers or {}
     deployments = tuple(
-        _deployment(dep, provider, model, stats[dep]) for provider, _, _, dep, model in PROVIDERS
+        _deployment(dep, provider, model, stats[dep], breakers.get(dep, ("closed", "", None)))
+        for provider, _, _, dep, model in PROVIDERS
     )
     by_name = {d.name: d for d in deployments}
     providers = tuple(
@@ -153,17 +194,18 @@ def make_snapshot(
             name=name,
             description="",
             steps=tuple(
-                TierStepView(
-                    deployment=dep,
-                    state=by_name[dep].state,
-                    share=(0.0 if by_name[dep].state in ("drained", "down") else 1.0)
-                    if i == 0
-                    else 0.0,
+                TierStepView(deployment=dep, state=by_name[dep].state, share=share)
+                for dep, share in zip(
+                    steps, _shares(name, steps, by_name, tier_shares), strict=True
                 )
-                for i, dep in enumerate(steps)
             ),
             rps=6.0,
             fallback_ratio=fallback_ratio,
+            skipped=tuple(
+                (dep, by_name[dep].state_reason)
+                for dep in steps
+                if by_name[dep].state == "drained" or by_name[dep].breaker == "open"
+            ),
         )
         for name, steps in TIERS
     )
@@ -214,13 +256,33 @@ def make_snapshot(
     )
 
 
+def _shares(
+    tier: str,
+    steps: tuple[str, ...],
+    deployments: dict[str, DeploymentView],
+    given: dict[str, tuple[float, ...]] | None,
+) -> tuple[float, ...]:
+    if given and tier in given:
+        return given[tier]
+    serving = next((d for d in steps if deployments[d].state not in ("down", "drained")), steps[0])
+    return tuple(1.0 if d == serving else 0.0 for d in steps)
+
+
 def degraded_snapshot() -> Snapshot:
-    """sim-fast failing: errors and 429s, traffic falling back to local-llama."""
+    """sim-fast failing: its breaker open for 12 more seconds after 5 failures in a row, so every
+    tier skips fast-mini and low falls back to local-llama; balanced-sonnet is half-open, probing
+    after a 429 cooldown."""
     return make_snapshot(
         {
             "fast-mini": ("down", 0.05, 4020.0, 0.62, 0.21, 0.17, 9),
             "local-llama": ("degraded", 0.48, 910.0, 0.04, 0.0, 0.0, 6),
+            "balanced-sonnet": ("degraded", 0.29, 610.0, 0.03, 0.05, 0.0, 2),
         },
+        breakers={
+            "fast-mini": ("open", "5 failures in a row, last 5xx", 12.0),
+            "balanced-sonnet": ("half_open", "429, Retry-After 5 s", None),
+        },
+        tier_shares={"low": (0.35, 0.65, 0.0), "medium": (0.82, 0.18)},
         fallback_ratio=0.384,
     )
 
@@ -263,6 +325,7 @@ class FakeLink:
     ) -> None:
         self.label = label
         self.attached = attached
+        self.last_error: str | None = None
         self._initial = tuple(snapshots)
         self._queue: asyncio.Queue[Snapshot] | None = None
         self._effect_for = effect_for or default_effect

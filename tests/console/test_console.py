@@ -17,11 +17,12 @@ from console import bindings
 from console.app import RouteDeckApp
 from console.screens.confirm import ConfirmScreen
 from console.screens.help import HelpScreen
-from console.widgets.live_table import LiveTable
-from console.widgets.provider_table import ProviderTable, provider_key
+from console.widgets.live_table import Column, LiveTable
+from console.widgets.provider_table import ProviderTable, deployment_key, provider_key
 from console.widgets.rollout_pane import RolloutPane
-from console.widgets.status_header import StatusHeader
-from console.widgets.tail_pane import TailPane
+from console.widgets.status_header import StatusHeader, shorten_error
+from console.widgets.tail_pane import PATH_SEPARATOR, TailPane
+from console.widgets.tier_pane import TierPane
 from console.widgets.token_pane import TokenPane
 from engine.commands import Drain, Drill, SetSafeMode
 from engine.snapshot import RolloutView
@@ -45,17 +46,22 @@ class Clock:
 
 @asynccontextmanager
 async def fake_console(
-    link: FakeLink, **options: Any
+    link: FakeLink, size: tuple[int, int] = (120, 40), **options: Any
 ) -> AsyncIterator[tuple[RouteDeckApp, Pilot[None]]]:
     options.setdefault("refresh_interval", 0.01)
     app = RouteDeckApp(link, **options)
-    async with app.run_test(size=(120, 40)) as pilot:
+    async with app.run_test(size=size) as pilot:
         await wait_for(pilot, lambda: app.snapshot is not None, "the first snapshot")
         yield app, pilot
 
 
 def _text(widget: Any) -> str:
     return str(widget.render())
+
+
+def _words(widget: Any) -> str:
+    """The widget's text with every run of whitespace (line breaks included) as one space."""
+    return " ".join(_text(widget).split())
 
 
 async def test_header_turns_stale_when_snapshots_stop_and_recovers() -> None:
@@ -77,6 +83,38 @@ async def test_header_turns_stale_when_snapshots_stop_and_recovers() -> None:
         link.push(make_snapshot(seq=2))
         await wait_for(pilot, lambda: not header.has_class("-stale"), "the header to recover")
         assert app.snapshot is not None and app.snapshot.seq == 2
+
+
+async def test_stale_header_says_why_the_link_went_quiet() -> None:
+    clock = Clock()
+    url = "http://10.0.0.7:8787"
+    link = FakeLink([make_snapshot()], label=url, attached=True)
+    async with fake_console(link, clock=clock, refresh_interval=0.5) as (app, pilot):
+        error = app.query_one("#link-error", Label)
+        link.last_error = f"cannot reach routedeck at {url}: All connection attempts failed"
+        app.update_age()
+        await pilot.pause()
+        assert not error.display, "a failed poll alone is not news until the data is stale"
+
+        clock.now += app.stale_after + 0.5
+        app.update_age()
+        await pilot.pause()
+        assert _text(app.query_one("#age")).startswith("STALE")
+        assert error.display
+        assert _text(error) == "All connection attempts failed"
+        assert not app.query_one("#summary").display, "the error takes the stale summary's place"
+
+        link.last_error = None
+        link.push(make_snapshot(seq=2))
+        await wait_for(pilot, lambda: not error.display, "the error to go with the staleness")
+
+
+def test_link_errors_are_shortened_to_one_line() -> None:
+    url = "http://10.0.0.7:8787"
+    assert shorten_error(f"cannot reach routedeck at {url}: timed out", url) == "timed out"
+    assert shorten_error("routedeck answered\nHTTP 401", url) == "routedeck answered HTTP 401"
+    long = shorten_error("x" * 200, url)
+    assert len(long) == 60 and long.endswith("…")
 
 
 async def test_header_shows_where_what_and_modes() -> None:
@@ -238,6 +276,125 @@ async def test_command_usage_errors_do_not_reach_the_engine() -> None:
         assert ":drill is refused: demo mode only" in messages
 
 
+async def test_provider_rows_show_breakers_compact_when_narrow() -> None:
+    async with fake_console(FakeLink([degraded_snapshot()]), size=(80, 24)) as (app, _):
+        table = app.query_one(ProviderTable)
+        assert not table.shows("breaker")
+        assert table.cell_text(deployment_key("fast-mini"), "state") == "⊘ open 12s"
+        assert table.cell_text(deployment_key("balanced-sonnet"), "state") == "◐ half-open"
+        assert table.cell_text(deployment_key("local-llama"), "state") == "▲ degraded"
+        assert table.cell_text(provider_key("sim-fast"), "state") == "✖ down"
+
+
+async def test_provider_rows_show_breakers_in_their_own_column_when_wide() -> None:
+    async with fake_console(FakeLink([degraded_snapshot()]), size=(160, 48)) as (app, pilot):
+        table = app.query_one(ProviderTable)
+        await wait_for(pilot, lambda: table.shows("breaker"), "the breaker column")
+        assert table.cell_text(deployment_key("fast-mini"), "state") == "✖ down"
+        assert table.cell_text(deployment_key("fast-mini"), "breaker") == "⊘ open 12s left"
+        assert table.cell_text(provider_key("sim-fast"), "breaker") == "⊘ 1 open"
+        assert table.cell_text(deployment_key("balanced-sonnet"), "breaker") == "◐ half-open"
+        assert table.cell_text(provider_key("sim-balanced"), "breaker") == "◐ 1 half-open"
+        assert table.cell_text(deployment_key("strong-large"), "breaker") == "● closed"
+        assert table.cell_text(provider_key("sim-strong"), "breaker") == ""
+
+        await pilot.resize_terminal(80, 24)
+        await wait_for(pilot, lambda: not table.shows("breaker"), "the column to give way")
+        assert table.cell_text(deployment_key("fast-mini"), "state") == "⊘ open 12s"
+
+
+async def test_tier_pane_lines_up_each_chain_with_shares_and_skips_at_80_columns() -> None:
+    expected = [
+        "low       ⊘ fast-mini 35% open 12s → ▲ local-llama 65% → ◐ balanced-sonnet 0%",
+        "medium    ◐ balanced-sonnet 82% → ⊘ fast-mini 18% open 12s",
+        "high      ● strong-large 100% → ◐ balanced-sonnet 0%",
+        "recovery  ▲ local-llama 100% → ⊘ fast-mini 0% open 12s",
+    ]
+    async with fake_console(FakeLink([degraded_snapshot()]), size=(80, 24)) as (app, pilot):
+        pane = app.query_one(TierPane)
+
+        def lines() -> list[str]:
+            return [line.rstrip() for line in _text(pane).splitlines()]
+
+        # The whole reasons do not fit in 80 columns: one line per tier with short notes.
+        await wait_for(pilot, lambda: lines() == expected, "one line per tier")
+        assert pane.size.height == 4
+
+
+async def test_tier_pane_says_why_a_deployment_is_skipped_when_wide() -> None:
+    async with fake_console(FakeLink([degraded_snapshot()]), size=(160, 48)) as (app, pilot):
+        pane = app.query_one(TierPane)
+        await wait_for(pilot, lambda: "low 1. " in _words(pane), "a block per tier")
+        words = _words(pane)
+        assert (
+            "low 1. ⊘ fast-mini 35% breaker open: 5 failures in a row, last 5xx · 12s left" in words
+        )
+        assert "2. ▲ local-llama 65% 3. ◐ balanced-sonnet 0%" in words
+        assert words.count("5 failures in a row") == 1, "the reason is given once"
+        assert "medium 1. ◐ balanced-sonnet 82% 2. ⊘ fast-mini 18% open 12s" in words
+
+
+async def test_tier_pane_says_a_drained_deployment_is_skipped() -> None:
+    async with fake_console(FakeLink([drained_snapshot()]), size=(160, 48)) as (app, pilot):
+        pane = app.query_one(TierPane)
+        await wait_for(pilot, lambda: "low 1. " in _words(pane), "a block per tier")
+        assert "1. ⏸ fast-mini 0% — drained by an operator 2. ● local-llama 100%" in _words(pane)
+        assert "⏸ fast-mini 0% drained" in _words(pane), "later tiers give the short note"
+
+
+async def test_tier_pane_gives_the_whole_reason_on_one_line_when_it_fits() -> None:
+    async with fake_console(FakeLink([drained_snapshot()]), size=(110, 30)) as (app, pilot):
+        pane = app.query_one(TierPane)
+        first = "low       ⏸ fast-mini 0% (drained by an operator) → ● local-llama 100% → "
+        await wait_for(pilot, lambda: _text(pane).startswith(first), "the whole reason")
+        assert _text(pane).splitlines()[1].rstrip().endswith("⏸ fast-mini 0% drained")
+
+
+async def test_tail_shows_tier_reason_and_path_and_keeps_the_path_when_narrow() -> None:
+    async with fake_console(FakeLink([make_snapshot()]), size=(160, 48)) as (app, pilot):
+        table = app.query_one(TailPane).table
+        everything = ["time", "tier", "why", "status", "latency", "tokens", "path"]
+        await wait_for(pilot, lambda: table.shown_columns == everything, "every column")
+        rows = [(table.cell_text(key, "why"), table.cell_text(key, "path")) for key in table.keys]
+        fell_back = PATH_SEPARATOR.join(("fast-mini", "local-llama"))
+        assert rows == [
+            ("task", "fast-mini"),
+            ("default", "balanced-sonnet"),
+            ("task", fell_back),
+            ("rule:long", "strong-large"),
+            ("alias", fell_back),
+            ("default", "balanced-sonnet"),
+        ]
+
+        await pilot.resize_terminal(120, 40)
+        await wait_for(pilot, lambda: "tokens" not in table.shown_columns, "tokens to give way")
+        assert "why" in table.shown_columns and "path" in table.shown_columns
+
+        await pilot.resize_terminal(80, 24)
+        await wait_for(
+            pilot,
+            lambda: table.shown_columns == ["time", "tier", "status", "latency", "path"],
+            "the path to win the narrow table",
+        )
+        # Room for a fallback between the demo's two longest names.
+        assert table.columns["path"].width >= len("balanced-sonnet local-llama")
+
+        await pilot.resize_terminal(160, 48)
+        await wait_for(pilot, lambda: table.shown_columns == everything, "the columns to return")
+        newest = table.keys[-1]
+        assert table.cell_text(newest, "why") == "default"
+        assert table.cell_text(newest, "tokens") == "990→310"
+
+
+async def test_filter_matches_a_tier_reason_the_narrow_tail_hides() -> None:
+    async with fake_console(FakeLink([make_snapshot()]), size=(80, 24)) as (app, pilot):
+        tail = app.query_one(TailPane)
+        assert not tail.table.shows("why")
+        await run_command(pilot, "filter rule:long")
+        await wait_for(pilot, lambda: len(tail.table.keys) == 1, "the filter")
+        assert tail.table.cell_text(tail.table.keys[0], "path") == "strong-large"
+
+
 async def test_provider_table_updates_only_changed_cells(monkeypatch: pytest.MonkeyPatch) -> None:
     def no_clear(self: DataTable[Any], columns: bool = False) -> Any:
         raise AssertionError("the provider table must never be cleared on refresh")
@@ -284,3 +441,38 @@ async def test_live_table_sync_keeps_order_and_untouched_cells() -> None:
         assert table.get_cell("1", "a") is first
         table.sync([])
         assert table.keys == []
+
+
+class _FittingApp(App[None]):
+    def compose(self) -> ComposeResult:
+        yield LiveTable(
+            [
+                Column("a", "a", 4),
+                Column("b", "b", 4, drop=2),
+                Column("c", "c", 4, drop=1),
+                Column("rest", "rest", 6, fill=True),
+            ]
+        )
+
+
+async def test_live_table_drops_columns_by_rank_and_fills_the_rest() -> None:
+    app = _FittingApp()
+    async with app.run_test(size=(40, 10)) as pilot:
+        table = app.query_one(LiveTable)
+        table.sync([("1", ("a1", "b1", ("c1", "down"), "rest1"))])
+        await wait_for(pilot, lambda: table.shown_columns == ["a", "b", "c", "rest"], "a fit")
+        # 40 cells: three 4-wide columns and padding take 18, one is kept for the scrollbar.
+        assert table.columns["rest"].width == 40 - 18 - 2 - 1
+
+        await pilot.resize_terminal(22, 10)
+        await wait_for(pilot, lambda: table.shown_columns == ["a", "c", "rest"], "b to go first")
+        await pilot.resize_terminal(14, 10)
+        await wait_for(pilot, lambda: table.shown_columns == ["a", "rest"], "c to go next")
+        assert table.columns["rest"].width == 6, "a fill column never shrinks below its width"
+
+        table.sync([("1", ("a1", "b2", ("c2", "down"), "rest1")), ("2", ("a2", "", "", ""))])
+        await pilot.resize_terminal(40, 10)
+        await wait_for(pilot, lambda: table.shown_columns == ["a", "b", "c", "rest"], "all back")
+        assert table.cell_text("1", "b") == "b2", "a hidden cell is kept up to date"
+        assert table.cell_text("1", "c") == "c2"
+        assert table.keys == ["1", "2"]

@@ -7,12 +7,18 @@ admin API), and checks routing through real HTTP requests.
 
 from __future__ import annotations
 
+import socket
+import time
+
+import httpx
 from textual.pilot import Pilot
 from textual.widgets import Button, Input, Label
 
 from console.app import RouteDeckApp
 from console.screens.confirm import ConfirmScreen
-from console.widgets.provider_table import ProviderTable, provider_key
+from console.widgets.provider_table import ProviderTable, deployment_key, provider_key
+from console.widgets.tail_pane import PATH_SEPARATOR, TailPane
+from console.widgets.tier_pane import TierPane
 from engine.link import RemoteLink
 from tests.console.conftest import ADMIN_TOKEN, SIZE, Proxy, console, run_command, wait_for
 
@@ -252,3 +258,79 @@ async def test_unknown_command_is_refused_with_a_message(proxy: Proxy) -> None:
         assert any(":frobnicate is not a command" in m for m in messages)
         command_line = app.query_one("#command-line", Input)
         assert not command_line.display
+
+
+async def test_a_failing_provider_opens_its_breaker_on_screen(proxy: Proxy) -> None:
+    assert proxy.engine.sim is not None
+    proxy.engine.sim.chaos.set("sim-a", error_rate=1.0, error_status=500)
+
+    def breaker(name: str) -> str:
+        dep = next(d for d in proxy.engine.snapshot(fresh=True).deployments if d.name == name)
+        return dep.breaker
+
+    async with console(proxy) as (app, pilot):
+        # Every request tries a-mini first; the breaker opens after 5 failures in a row.
+        async with httpx.AsyncClient(base_url=proxy.url, timeout=10) as client:
+            deadline = time.monotonic() + 10
+            while breaker("a-mini") != "open":
+                assert time.monotonic() < deadline, "a-mini's breaker never opened"
+                await client.post(
+                    "/v1/chat/completions",
+                    json={"model": "low", "messages": [{"role": "user", "content": "ping"}]},
+                )
+        failed_a = proxy.sim_requests("sim-a")
+
+        table = app.query_one(ProviderTable)
+        state = deployment_key("a-mini")
+        await wait_for(
+            pilot,
+            lambda: table.cell_text(state, "state").startswith("⊘ open "),
+            "the open breaker in the provider row",
+        )
+        assert table.cell_text(state, "state").endswith("s"), "with the time left"
+        assert table.cell_text(provider_key("sim-a"), "state") == "✖ down"
+
+        def tiers() -> str:
+            return " ".join(str(app.query_one(TierPane).render()).split())
+
+        await wait_for(pilot, lambda: "⊘ a-mini" in tiers(), "a-mini skipped in the tiers")
+        assert "breaker open: 5 failures in a row, last 5xx" in tiers()
+        assert "● b-mid" in tiers()
+
+        tail = app.query_one(TailPane).table
+        fell_back = PATH_SEPARATOR.join(("a-mini", "b-mid"))
+        paths = {tail.cell_text(key, "path") for key in tail.keys}
+        assert fell_back in paths, "the requests that fell back show their path"
+        assert {tail.cell_text(key, "why") for key in tail.keys} == {"tier"}
+
+        # While the breaker is open, low is served by b-mid without trying a-mini.
+        response = await proxy.chat("low")
+        assert response.headers["x-routedeck-provider"] == "sim-b"
+        assert proxy.sim_requests("sim-a") == failed_a
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+async def test_an_unreachable_engine_shows_why_beside_stale() -> None:
+    url = f"http://127.0.0.1:{_closed_port()}"
+    link = RemoteLink(url, poll_interval=0.05, timeout=1)
+    now = [100.0]
+    try:
+        app = RouteDeckApp(link, refresh_interval=0.05, clock=lambda: now[0])
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_for(pilot, lambda: link.last_error is not None, "a failed poll")
+            now[0] += app.stale_after + 1
+            app.update_age()
+            error = app.query_one("#link-error", Label)
+            await wait_for(pilot, lambda: error.display, "the link error in the header")
+            assert str(app.query_one("#age", Label).render()).startswith("STALE")
+            shown = str(error.render())
+            assert shown and url not in shown, "the address is already on the left"
+            assert link.last_error is not None and shown in link.last_error
+    finally:
+        await link.close()

@@ -89,9 +89,26 @@ def test_healthy_160x48(snap_compare: SnapCompare) -> None:
 
 
 def test_degraded(snap_compare: SnapCompare) -> None:
-    """sim-fast down (✖, error colour) and sim-local degraded (▲); fallback ratio high."""
+    """sim-fast down (✖, error colour) with its breaker open, sim-local degraded (▲),
+    balanced-sonnet half-open (◐); fallback ratio high."""
     assert snap_compare(
         _app(_one(degraded_snapshot()), demo=True), run_before=_settle(), terminal_size=(120, 40)
+    )
+
+
+def test_degraded_80x24(snap_compare: SnapCompare) -> None:
+    """Breakers at the smallest size: fast-mini's state cell says ⊘ open 12s, balanced-sonnet's
+    ◐ half-open; each tier on one line with short skip notes; the tail keeps the path."""
+    assert snap_compare(
+        _app(_one(degraded_snapshot()), demo=True), run_before=_settle(), terminal_size=(80, 24)
+    )
+
+
+def test_degraded_160x48(snap_compare: SnapCompare) -> None:
+    """Breakers on a large terminal: a breaker column with the time left, the tiers with why
+    fast-mini is skipped, and the tail with the tier reason, tokens and path."""
+    assert snap_compare(
+        _app(_one(degraded_snapshot()), demo=True), run_before=_settle(), terminal_size=(160, 48)
     )
 
 
@@ -148,6 +165,24 @@ def test_stale(snap_compare: SnapCompare) -> None:
     assert snap_compare(
         _app(_one(make_snapshot()), clock),
         run_before=_settle(after=much_later),
+        terminal_size=(100, 30),
+    )
+
+
+def test_stale_with_link_error(snap_compare: SnapCompare) -> None:
+    """An attached engine that stopped answering: STALE, and beside it why, shortened."""
+    clock = Clock()
+    url = "http://10.0.0.7:8787"
+    link = _one(make_snapshot(), label=url, attached=True)
+
+    def unreachable(app: RouteDeckApp) -> None:
+        link.last_error = f"cannot reach routedeck at {url}: All connection attempts failed"
+        clock.now += 42
+        app.update_age()
+
+    assert snap_compare(
+        _app(link, clock),
+        run_before=_settle(after=unreachable),
         terminal_size=(100, 30),
     )
 

@@ -26,12 +26,26 @@ ROUTEDECK = [sys.executable, "-m", "console.cli"]
 
 
 class Terminal:
-    def __init__(self, name: str, command: list[str], *, cwd: Path, width: int, height: int) -> None:
+    def __init__(
+        self, name: str, command: list[str], *, cwd: Path, width: int, height: int
+    ) -> None:
         self.name = name
         env = {**os.environ, "TERM": "xterm-256color", "COLORTERM": "truecolor"}
         subprocess.run(
-            ["tmux", "new-session", "-d", "-s", name, "-x", str(width), "-y", str(height),
-             "-c", str(cwd), " ".join(command)],
+            [
+                "tmux",
+                "new-session",
+                "-d",
+                "-s",
+                name,
+                "-x",
+                str(width),
+                "-y",
+                str(height),
+                "-c",
+                str(cwd),
+                " ".join(command),
+            ],
             check=True,
             env=env,
         )
@@ -128,7 +142,9 @@ def test_attach_shows_the_remote_engine_and_drains_it(
             height=48,
         )
         terminals.append(term)
-        screen = term.wait_for(lambda s: "sim-fast" in s and "ATTACHED" in s, "the attached console")
+        screen = term.wait_for(
+            lambda s: "sim-fast" in s and "ATTACHED" in s, "the attached console"
+        )
         assert url.removeprefix("http://") in screen
         term.keys("d")
         term.wait_for(lambda s: "drains sim-fast" in s, "the drain confirmation")
