@@ -6,6 +6,7 @@
     routedeck serve [--config F | --demo] [--host H] [--port P]   the proxy, headless
     routedeck sim [--host H] [--port P] [--seed N] [--profile ...] the simulated upstream alone
     routedeck check-config [--config F] [--strict]               validate a config, list problems
+    routedeck report --daily [--day D] [--json] [--config F]     the day's spend, budgets, alerts
     routedeck drain|undrain TARGET [--url U]                     operator commands on a running engine
     routedeck safe-mode on|off [--url U]
     routedeck keys create --tenant T [--name N] | list | revoke ID [--url U]
@@ -195,6 +196,13 @@ def _cmd_keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from engine.reporting import print_daily_report
+
+    config = _load(args)
+    return _run(print_daily_report(config, day=args.day, as_json=args.json))
+
+
 def _cmd_check_config(args: argparse.Namespace) -> int:
     config = _load(args)
     warnings = missing_secrets(config)
@@ -304,6 +312,13 @@ def _parser() -> argparse.ArgumentParser:
         add_help=False,
     )
 
+    report = sub.add_parser("report", help="what the stored logs say about a day")
+    config_args(report, demo=True)
+    report.add_argument("--daily", action="store_true", help="the daily report (the default)")
+    report.add_argument("--day", help="YYYY-MM-DD in UTC (default: today)")
+    report.add_argument("--json", action="store_true", help="JSON for scripts")
+    report.set_defaults(func=_cmd_report)
+
     check = sub.add_parser("check-config", help="validate a config and print every problem")
     config_args(check, demo=True)
     check.add_argument(
@@ -314,7 +329,18 @@ def _parser() -> argparse.ArgumentParser:
 
 
 VERBS = frozenset(
-    {"console", "demo", "drain", "undrain", "safe-mode", "keys", "serve", "sim", "check-config"}
+    {
+        "console",
+        "demo",
+        "drain",
+        "undrain",
+        "safe-mode",
+        "keys",
+        "report",
+        "serve",
+        "sim",
+        "check-config",
+    }
 )
 
 

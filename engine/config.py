@@ -247,6 +247,8 @@ class AlertsConfig(_Section):
     spend_rate_factor: float = Field(default=2.0, gt=1)
     """Alert when this hour's spend is over this multiple of the same hour on trailing days."""
     trailing_days: int = Field(default=7, ge=1, le=90)
+    spend_rate_min_usd: float = Field(default=1.0, ge=0)
+    """Spend-rate alerts need at least this many dollars spent in the hour."""
     fallback_ratio: float = Field(default=0.2, gt=0, le=1)
     """Alert when the share of requests served by a fallback goes over this."""
     min_requests: int = Field(default=20, ge=1)

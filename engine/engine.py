@@ -24,6 +24,7 @@ from typing import Any
 
 import httpx
 
+from engine.alerts import Alert, AlertInputs, Alerts
 from engine.breakers import Breakers
 from engine.budgets import Budgets
 from engine.cache import ResponseCache
@@ -37,13 +38,15 @@ from engine.pricing import PriceBook
 from engine.quotas import Quotas
 from engine.retry_budget import RetryBudget
 from engine.routing import Router
-from engine.snapshot import HealthState, Snapshot, SpendView, TenantSpendView
+from engine.snapshot import AlertView, HealthState, Snapshot, SpendView, TenantSpendView
 from engine.tenants import KeyRing
 from engine.tokens import TokenCounter
 from providers.adapters import Adapter, AnthropicAdapter, OpenAIAdapter
 from providers.canonical import ChatRequest, ChatResponse
 from providers.sim import SimProfile, SimServer
 from state.store import Store
+
+ALERT_INTERVAL_S = 15.0
 
 
 class Engine:
@@ -73,6 +76,7 @@ class Engine:
         self._keys: KeyRing | None = None
         self._budgets: Budgets | None = None
         self._cache: ResponseCache | None = None
+        self._alerts: Alerts | None = None
         self.warnings = [str(p) for p in missing_secrets(config, self._environ)]
         self.listen = ""
         self.state: str = "starting"
@@ -160,6 +164,14 @@ class Engine:
         await self._keys.load()
         self._budgets = Budgets(config.tenants, self._store, clock=self._clock)
         await self._budgets.load()
+        self._alerts = await self._stack.enter_async_context(
+            Alerts(config.alerts, self._store, clock=self._clock)
+        )
+        alerting = asyncio.create_task(
+            self._alerts.run(self._alert_inputs, interval_s=ALERT_INTERVAL_S),
+            name="routedeck-alerts",
+        )
+        self._stack.push_async_callback(_cancel, alerting)
         self._cache = ResponseCache(config.cache, self._store, clock=self._clock)
         await self._cache.open()
         self._stack.push_async_callback(self._cache.close)  # saves hit counts before the store
@@ -320,6 +332,10 @@ class Engine:
             recent=m.recent(),
             state_queue=self._store.stats.queued if self._store else 0,
             spend=self._spend_view(),
+            alerts=tuple(
+                AlertView(a.at, a.kind, a.severity, a.message)
+                for a in (self._alerts.recent(20) if self._alerts else ())
+            ),
         )
 
     def _spend_view(self) -> SpendView | None:
@@ -355,6 +371,25 @@ class Engine:
             self._publish()
             async with self._published:
                 self._published.notify_all()
+
+    def _alert_inputs(self) -> AlertInputs:
+        now = self._clock()
+        unpriced = dict(self.metrics.cost_tables()[2])
+        reasons = {d: r for d in unpriced if (r := self.prices.unpriced_reason(d))}
+        return AlertInputs(
+            budgets=self.budgets.view(),
+            unpriced=unpriced,
+            fallback=self.metrics.fallback_view(now),
+            now=now,
+            unpriced_reasons=reasons,
+        )
+
+    async def check_alerts(self) -> list[Alert]:
+        """Evaluate and deliver alerts now (the engine also does it every few seconds)."""
+        assert self._alerts is not None
+        raised = await self._alerts.evaluate(self._alert_inputs())
+        await self._alerts.deliver()
+        return raised
 
     async def _maintain(self) -> None:
         """Housekeeping that keeps state bounded: expired cache entries, once a minute."""

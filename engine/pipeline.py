@@ -293,9 +293,13 @@ class Pipeline:
         tokens_out = usage.output_tokens if usage else 0
         e.quotas.used_tokens(call.tenant, tokens_in + tokens_out, now)
         if attempts.path:
+            # None means unpriced only when an unpriced deployment served it; attempts that all
+            # failed without reporting usage cost nothing.
+            served = attempts.served_by
+            unpriced = served is not None and e.prices.price(served) is None
             await e.budgets.record(
                 call.tenant,
-                cost=attempts.cost_usd,
+                cost=attempts.cost_usd if attempts.cost_usd is not None or unpriced else 0.0,
                 input_tokens=tokens_in,
                 output_tokens=tokens_out,
                 cache_hit=False,

@@ -335,3 +335,61 @@ summary_tier = "low"
         assert summaries == [("low", "miss"), ("low", "hit")]
         main = [r for r in rows if r.tier == "summarised"]
         assert len(main) == 2 and all(r.trimmed_tokens for r in main)
+
+
+async def test_report_daily_reads_the_day_from_the_state_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from console.cli import main
+    from engine.config import load_config
+    from tests.engine.conftest import TEST_CONFIG
+
+    path = tmp_path / "routedeck.toml"
+    path.write_text(
+        TEST_CONFIG.format(state="state.db") + "[tenants.local]\ndaily_budget_usd = 1.0\n"
+    )
+    async with running(load_config(path)) as p, httpx.AsyncClient(base_url=p.url) as http:
+        for _ in range(4):
+            assert (await http.post("/v1/chat/completions", json=CHAT_LOW)).status_code == 200
+        assert (
+            await http.post("/v1/chat/completions", json={**CHAT_LOW, "model": "c-big"})
+        ).status_code == 200
+        spent = p.engine.budgets.spent_today("local")
+    assert (
+        await asyncio.to_thread(main, ["report", "--daily", "--json", "--config", str(path)]) == 0
+    )
+    import json
+
+    report = json.loads(capsys.readouterr().out)
+    (local,) = report["tenants"]
+    assert local["tenant"] == "local" and local["requests"] == 5
+    assert local["spent_usd"] == pytest.approx(spent)
+    assert local["share"] == pytest.approx(spent / 1.0)
+    assert local["unpriced_requests"] == 1
+    assert await asyncio.to_thread(main, ["report", "--daily", "--config", str(path)]) == 0
+    text = capsys.readouterr().out
+    assert "unpriced" in text and "local" in text
+    assert (
+        await asyncio.to_thread(main, ["report", "--day", "yesterday", "--config", str(path)]) == 2
+    )
+
+
+async def test_budget_alerts_reach_the_console_and_the_webhook_once(tmp_path: Path) -> None:
+    from tests.engine.test_alerts import Webhook
+
+    hook = Webhook()
+    async with hook.serving() as url:
+        extra = f'[tenants.local]\ndaily_budget_usd = 0.0002\n[alerts]\nwebhook_url = "{url}"\n'
+        async with (
+            running(make_config(tmp_path, extra)) as p,
+            httpx.AsyncClient(base_url=p.url) as http,
+        ):
+            for _ in range(3):
+                await http.post("/v1/chat/completions", json={**CHAT_LOW, "max_tokens": 20})
+            raised = await p.engine.check_alerts()
+            assert [a.key for a in raised] == ["budget:local:0.5"]
+            assert "of its $0.0002 daily budget" in raised[0].message
+            assert await p.engine.check_alerts() == []  # once per day
+            snap = p.engine.snapshot(fresh=True)
+            assert snap.alerts[0].kind == "budget" and "local" in snap.alerts[0].message
+        assert [body["kind"] for body in hook.accepted] == ["budget"]
