@@ -23,6 +23,7 @@ import logging
 import os
 import sys
 from collections.abc import Coroutine, Sequence
+from pathlib import Path
 from typing import Any
 
 from engine.config import (
@@ -65,14 +66,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         return 1
 
 
-def _console_log(config: Config, level: str) -> None:
-    from console.run import log_to_file
-
-    log_to_file(config.state_path().with_suffix(".log"), level)
-
-
 def _cmd_console(args: argparse.Namespace) -> int:
-    from console.run import run_attached, run_embedded
+    from console.run import log_to_file, run_attached, run_embedded
 
     if args.attach:
         if args.config:
@@ -81,15 +76,16 @@ def _cmd_console(args: argparse.Namespace) -> int:
         return _run_console(
             run_attached(args.attach, token=token, read_only=args.read_only, refresh=args.refresh)
         )
-    config = _load(args)
-    _console_log(config, args.log_level)
-    token = os.environ.get(config.server.admin_token_env) or None
+    config = _load(args)  # validated here, so a bad config is reported before the screen opens
+    log_path = config.state_path().with_suffix(".log")
+    log_to_file(log_path, args.log_level)
+    serve_args = ["--config", str(Path(config.source).resolve()), *_listen_args(args)]
     return _run_console(
         run_embedded(
-            config,
-            host=args.host or config.server.host,
-            port=config.server.port if args.port is None else args.port,
-            admin_token=token,
+            serve_args,
+            log_path=log_path,
+            log_level=args.log_level,
+            token_env=config.server.admin_token_env,
             read_only=args.read_only,
             refresh=args.refresh,
         )
@@ -97,21 +93,31 @@ def _cmd_console(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from console.run import run_embedded
+    from console.run import log_to_file, run_embedded
 
     config = demo_config()
-    _console_log(config, args.log_level)
+    log_path = config.state_path().with_suffix(".log")
+    log_to_file(log_path, args.log_level)
     return _run_console(
         run_embedded(
-            config,
-            host="127.0.0.1",
-            port=config.server.port if args.port is None else args.port,
-            admin_token=os.environ.get(config.server.admin_token_env) or None,
+            ["--demo", *_listen_args(args)],
+            log_path=log_path,
+            log_level=args.log_level,
+            token_env=config.server.admin_token_env,
             read_only=args.read_only,
             refresh=args.refresh,
             demo_traffic=args.rate,
         )
     )
+
+
+def _listen_args(args: argparse.Namespace) -> list[str]:
+    out = []
+    if args.host:
+        out += ["--host", args.host]
+    if args.port is not None:
+        out += ["--port", str(args.port)]
+    return out
 
 
 def _run_console(coro: Coroutine[Any, Any, int]) -> int:
@@ -362,9 +368,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return run_simulator(argv[1:])
     parser = _parser()
-    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
-        argv = ["console", *argv]  # the console is the default verb
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_default_to_console(argv))
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -2,10 +2,11 @@
 
 Two implementations with the same behaviour:
 
-- `LocalLink` wraps an `Engine` running in this process (``routedeck``, ``routedeck demo``).
+- `LocalLink` wraps an `Engine` running in this process (programs and tests that embed one).
 - `RemoteLink` talks to a ``routedeck serve`` through its admin API: it polls
   ``GET /admin/snapshot`` and sends ``POST /admin/preview`` and ``POST /admin/commands``
-  (``console --attach URL``, and the ``drain``/``undrain``/``safe-mode`` CLI verbs).
+  (``routedeck`` and ``routedeck demo`` on their own engine process, ``console --attach URL``,
+  and the ``drain``/``undrain``/``safe-mode`` CLI verbs).
 
 Through a link a caller can only read snapshots, preview a command and submit it; nothing else
 of the engine is reachable, so the console cannot depend on engine internals.
@@ -80,8 +81,6 @@ class LocalLink:
 
 
 class RemoteLink:
-    attached = True
-
     def __init__(
         self,
         url: str,
@@ -90,8 +89,12 @@ class RemoteLink:
         poll_interval: float = 0.5,
         timeout: float = 5.0,
         transport: httpx.AsyncBaseTransport | None = None,
+        attached: bool = True,
     ) -> None:
+        """``attached`` False: the engine is the console's own child process, not a remote
+        engine someone else runs (the console shows ATTACHED only for the latter)."""
         self.label = url.rstrip("/")
+        self.attached = attached
         headers = {"authorization": f"Bearer {token}"} if token else {}
         self._client = httpx.AsyncClient(
             base_url=self.label, headers=headers, timeout=timeout, transport=transport

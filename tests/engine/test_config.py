@@ -184,3 +184,20 @@ def test_check_config_strict_fails_on_unset_key(
     assert main(["check-config", "--config", str(path)]) == 0
     assert main(["check-config", "--strict", "--config", str(path)]) == 1
     assert "RD_TEST_KEY is not set" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        ([], ["console"]),
+        (["--read-only"], ["console", "--read-only"]),
+        (["--log-level", "debug"], ["--log-level", "debug", "console"]),
+        (["--log-level", "warning", "serve", "--demo"], ["--log-level", "warning", "serve", "--demo"]),
+        (["--config", "x.toml"], ["console", "--config", "x.toml"]),
+        (["-h"], ["-h"]),
+    ],
+)
+def test_the_console_is_the_default_verb(argv: list[str], expected: list[str]) -> None:
+    from console.cli import _default_to_console
+
+    assert _default_to_console(argv) == expected
