@@ -207,3 +207,34 @@ async def test_weighted_steps_split_traffic(tmp_path: Path) -> None:
         r = await post(http, model="split")
         # Whichever came first, the step's other deployment is the next fallback.
         assert r.headers["x-routedeck-deployment"] == "c-big"
+
+
+async def test_safe_mode_respects_breakers_and_budgets(tmp_path: Path) -> None:
+    from engine.commands import SetSafeMode
+
+    extra = '[policy]\nsafe_mode_tier = "high"\n'
+    async with (
+        running(make_config(tmp_path, extra)) as p,
+        httpx.AsyncClient(base_url=p.url) as http,
+    ):
+        assert (await p.engine.submit(SetSafeMode(True), actor="test")).ok
+        for _ in range(30):  # steady traffic sets the retry budget's baseline
+            assert (await post(http)).status_code == 200
+        p.fail("sim-c", error_rate=1.0, error_status=500)
+        for _ in range(6):
+            r = await post(http)  # everything goes to the safe-mode tier: c-big, then b-mid
+            assert r.status_code == 200 and r.headers["x-routedeck-tier-reason"] == "safe_mode"
+        states = {d.name: d.breaker for d in p.engine.snapshot(fresh=True).deployments}
+        assert states["c-big"] == "open"
+        r = await post(http)
+        assert r.headers["x-routedeck-deployment"] == "b-mid"
+        assert r.headers["x-routedeck-attempts"] == "1"  # the open breaker is skipped
+    # The safe-mode tier here is priced (medium: b-mid, a-mini) so the budget can hold.
+    budget = '[policy]\nsafe_mode_tier = "medium"\n[tenants.local]\ndaily_budget_usd = 0.00001\n'
+    async with (
+        running(make_config(tmp_path / "b", budget)) as p,
+        httpx.AsyncClient(base_url=p.url) as http,
+    ):
+        assert (await p.engine.submit(SetSafeMode(True), actor="test")).ok
+        statuses = [(await post(http, model="c-big", max_tokens=200)).status_code for _ in range(5)]
+        assert 429 in statuses  # safe mode does not lift a tenant's budget
