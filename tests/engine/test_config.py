@@ -192,7 +192,10 @@ def test_check_config_strict_fails_on_unset_key(
         ([], ["console"]),
         (["--read-only"], ["console", "--read-only"]),
         (["--log-level", "debug"], ["--log-level", "debug", "console"]),
-        (["--log-level", "warning", "serve", "--demo"], ["--log-level", "warning", "serve", "--demo"]),
+        (
+            ["--log-level", "warning", "serve", "--demo"],
+            ["--log-level", "warning", "serve", "--demo"],
+        ),
         (["--config", "x.toml"], ["console", "--config", "x.toml"]),
         (["-h"], ["-h"]),
     ],
