@@ -35,15 +35,16 @@ from console import bindings
 from console.bindings import KeySpec
 from console.screens.confirm import ConfirmScreen
 from console.screens.help import HelpScreen
+from console.widgets.alerts_pane import AlertsPane
 from console.widgets.audit_table import AuditTable
 from console.widgets.command_line import CommandLine
 from console.widgets.fallback_pane import FallbackPane
 from console.widgets.provider_table import ProviderTable, Target
 from console.widgets.rollout_pane import RolloutPane
+from console.widgets.spend_pane import SpendPane
 from console.widgets.status_header import Freshness, StatusHeader
 from console.widgets.tail_pane import TailPane
 from console.widgets.tier_pane import TierPane
-from console.widgets.token_pane import TokenPane
 from engine.commands import (
     DRILL_KINDS,
     Command,
@@ -139,11 +140,14 @@ class RouteDeckApp(App[None]):
         self._providers = ProviderTable()
         self._tail = TailPane()
         self._command_line = CommandLine(self._command_hint())
+        # The grid places panes in this order in every layout (app.tcss); spend and alerts
+        # come before rollout so that their row spans leave no hole.
         with Grid(id="body"):
             yield self._providers.data_bind(RouteDeckApp.snapshot)
             yield TierPane().data_bind(RouteDeckApp.snapshot)
             yield FallbackPane().data_bind(RouteDeckApp.snapshot)
-            yield TokenPane().data_bind(RouteDeckApp.snapshot)
+            yield SpendPane().data_bind(RouteDeckApp.snapshot)
+            yield AlertsPane().data_bind(RouteDeckApp.snapshot)
             yield RolloutPane().data_bind(RouteDeckApp.snapshot)
             yield self._tail.data_bind(RouteDeckApp.snapshot)
             yield AuditTable().data_bind(RouteDeckApp.snapshot)

@@ -1,4 +1,4 @@
-"""Plain-text formatting shared by the panes: health glyphs, numbers, sparklines.
+"""Plain-text formatting shared by the panes: health glyphs, numbers, dollars, bars, sparklines.
 
 Everything here returns strings; colour is never decided here but by the CSS class or
 component class named after the state (``-healthy``, ``live-table--down``, ...).
@@ -31,8 +31,21 @@ BREAKER_GLYPHS: dict[str, str] = {
 BREAKER_STATES: dict[str, str] = {"open": "open", "half_open": "half-open", "closed": "closed"}
 """The word for each breaker state, which is also its state class (``live-table--half-open``)."""
 
+SEVERITY_GLYPHS: dict[str, str] = {
+    "info": "●",
+    "warning": "▲",
+    "critical": "✖",
+}
+"""An alert's severity, in the same glyphs as health: noted, needs attention, broken."""
+
+SEVERITIES = ("info", "warning", "critical")
+"""Alert severities, least severe first."""
+
 UNKNOWN = "—"
 _BARS = "▁▂▃▄▅▆▇█"
+_EIGHTHS = " ▏▎▍▌▋▊▉"
+_FULL = "█"
+_TRACK = "░"
 
 
 def health(state: HealthState | str) -> str:
@@ -57,6 +70,54 @@ def time_left(seconds: float) -> str:
     if whole < 100:
         return f"{whole}s"
     return f"{math.ceil(whole / 60)}m"
+
+
+def severity(level: str) -> str:
+    """Glyph and word, e.g. ``"▲ warning"``."""
+    return f"{SEVERITY_GLYPHS.get(level, '?')} {level}"
+
+
+def usd(value: float | None) -> str:
+    """Dollars, as precise as LLM prices need: ``$0.0042``, ``$12.35``, ``$1,235``.
+
+    A positive amount too small for four decimals reads ``<$0.0001``, never ``$0.0000``.
+    """
+    if value is None:
+        return UNKNOWN
+    magnitude = abs(value)
+    if magnitude == 0:
+        return "$0.00"
+    if magnitude < 0.0001:
+        return "<$0.0001"
+    if magnitude < 1:
+        return f"${value:.4f}"
+    if magnitude < 1000:
+        return f"${value:,.2f}"
+    return f"${value:,.0f}"
+
+
+def budget(value: float) -> str:
+    """A budget: whole dollars without cents (``$100``), else as `usd`."""
+    if value >= 1 and float(value).is_integer():
+        return f"${value:,.0f}"
+    return usd(value)
+
+
+def usd_at_least(value: float | None, *, partial: bool) -> str:
+    """Dollars that may leave out traffic of unknown cost (``partial``): then a lower bound,
+    ``≥$1.23``, and unknown (an em dash) rather than a total of zero."""
+    if value is None or (partial and value == 0):
+        return UNKNOWN
+    return f"≥{usd(value)}" if partial else usd(value)
+
+
+def bar(share: float, width: int = 10) -> str:
+    """A horizontal bar ``width`` cells long, filled to ``share`` (0..1, clamped) in eighths,
+    on a light track: ``████████▌░`` is 85%."""
+    eighths = round(max(0.0, min(1.0, share)) * width * 8)
+    full, part = divmod(eighths, 8)
+    text = _FULL * full + (_EIGHTHS[part] if part else "")
+    return text + _TRACK * (width - len(text))
 
 
 def percent(value: float | None, *, digits: int = 0) -> str:

@@ -39,6 +39,10 @@ STATES = (
     "strong",
     "open",
     "half-open",
+    "budget-ok",
+    "budget-watch",
+    "budget-high",
+    "budget-over",
 )
 
 PADDING = 2

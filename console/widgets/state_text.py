@@ -2,7 +2,8 @@
 
 Subclasses build `rich.text.Text` with `styled` and the state's name (``healthy``,
 ``degraded``, ``down``, ``drained``, ``idle``, ``muted``, ``warn``, ``bad``, ``strong``,
-``safe``, and a circuit breaker's ``open`` and ``half-open``); the colour comes from
+``safe``, a circuit breaker's ``open`` and ``half-open``, ``loud`` for a warning that must not be
+missed, and an alert's ``alert-info``, ``alert-warning`` and ``alert-critical``); the colour comes from
 ``app.tcss`` (``StateText > .state--healthy`` with ``$success`` and so on), so Python never
 names a colour.
 """
@@ -27,6 +28,10 @@ STATES = (
     "safe",
     "open",
     "half-open",
+    "loud",
+    "alert-info",
+    "alert-warning",
+    "alert-critical",
 )
 
 

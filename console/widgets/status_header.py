@@ -1,10 +1,14 @@
 """`StatusHeader`: where the engine is, what it is doing, which modes are on, how old the data is.
 
 One line: listen address, engine state, release and rollout stage, requests/s on the left;
-mode badges (SAFE MODE, READ-ONLY, PAUSED, ATTACHED) and the data age on the right. When the
-engine stops delivering snapshots the header takes the ``-stale`` class and says so, followed
-by why when the link knows (an attached engine that cannot be reached), shortened to fit, in
-place of the summary.
+today's alerts as a count with the worst severity's glyph (``▲ 2 alerts``, coloured by that
+severity), mode badges (SAFE MODE, READ-ONLY, PAUSED, ATTACHED) and the data age on the right.
+The alert count shows in every layout, so a screen too short for the alerts pane still says
+that something was raised.
+
+When the engine stops delivering snapshots the header takes the ``-stale`` class and says so,
+followed by why when the link knows (an attached engine that cannot be reached), shortened to
+fit, in place of the summary.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from textual.containers import Horizontal
 from textual.reactive import reactive
 from textual.widgets import Label
 
+from console.widgets import formatting as fmt
+from console.widgets.alerts_pane import todays, worst
 from console.widgets.formatting import age, rate
 from engine.snapshot import Snapshot
 
@@ -61,6 +67,7 @@ class StatusHeader(Horizontal):
         yield Label("routedeck", id="brand")
         yield Label(self._label, id="where", markup=False)
         yield Label("", id="summary", markup=False)
+        yield Label("", id="badge-alerts", classes="badge", markup=False)
         yield Label("SAFE MODE", id="badge-safe", classes="badge -safe")
         yield Label("READ-ONLY", id="badge-read-only", classes="badge -read-only")
         yield Label("PAUSED", id="badge-paused", classes="badge -paused")
@@ -91,6 +98,7 @@ class StatusHeader(Horizontal):
     def _render_snapshot(self, snapshot: Snapshot | None) -> None:
         summary = self.query_one("#summary", Label)
         self.query_one("#badge-safe").display = bool(snapshot and snapshot.safe_mode)
+        self._render_alerts(snapshot)
         if snapshot is None:
             summary.update("")
             return
@@ -101,6 +109,17 @@ class StatusHeader(Horizontal):
         summary.update(f"{snapshot.engine_state} · {rate(snapshot.rps)} req/s · {release}")
         if snapshot.listen and not self._attached:
             self.query_one("#where", Label).update(snapshot.listen)
+
+    def _render_alerts(self, snapshot: Snapshot | None) -> None:
+        badge = self.query_one("#badge-alerts", Label)
+        alerts = todays(snapshot) if snapshot is not None else []
+        level = worst(alerts)
+        badge.display = level is not None
+        for severity in fmt.SEVERITIES:
+            badge.set_class(severity == level, f"-{severity}")
+        if level is not None:
+            noun = "alert" if len(alerts) == 1 else "alerts"
+            badge.update(f"{fmt.SEVERITY_GLYPHS[level]} {len(alerts)} {noun}")
 
     def _render_age(self) -> None:
         label = self.query_one("#age", Label)

@@ -23,7 +23,8 @@ from engine.link import LocalLink
 from engine.server import ProxyServer
 
 # Three simulated providers that answer at once. Every tier has a second choice except
-# recovery (the safe-mode tier), so draining sim-c strands it.
+# recovery (the safe-mode tier), so draining sim-c strands it. a-mini and b-mid have prices;
+# c-big's model is in no price list, so its traffic is unpriced.
 CONFIG = """
 [server]
 port = 0
@@ -52,10 +53,12 @@ simulated = {{ latency_ms = 0, ttft_ms = 0, tokens_per_s = 0, jitter = 0 }}
 [deployments.a-mini]
 provider = "sim-a"
 model = "a-mini-1"
+price = {{ input_per_mtok = 2.0, output_per_mtok = 8.0 }}
 
 [deployments.b-mid]
 provider = "sim-b"
 model = "b-mid-1"
+price = {{ input_per_mtok = 3.0, output_per_mtok = 15.0 }}
 
 [deployments.c-big]
 provider = "sim-c"
@@ -95,12 +98,20 @@ class Proxy:
     def url(self) -> str:
         return self.server.url
 
-    async def chat(self, model: str = "low") -> httpx.Response:
-        """One non-streaming chat completion through the proxy; raises unless it succeeded."""
+    async def chat(
+        self, model: str = "low", content: str = "ping", **fields: object
+    ) -> httpx.Response:
+        """One non-streaming chat completion through the proxy; raises unless it succeeded.
+
+        ``fields`` join the request body (``temperature=0`` makes it cacheable)."""
         async with httpx.AsyncClient(base_url=self.url, timeout=10) as client:
             response = await client.post(
                 "/v1/chat/completions",
-                json={"model": model, "messages": [{"role": "user", "content": "ping"}]},
+                json={
+                    "model": model,
+                    "messages": [{"role": "user", "content": content}],
+                    **fields,
+                },
             )
         response.raise_for_status()
         return response

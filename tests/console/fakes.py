@@ -2,7 +2,8 @@
 
 Every number here is fixed, including ``taken_at``, so SVG snapshots are identical across runs.
 The provider layout mirrors the demo config: four simulated providers, one deployment each.
-Health reasons, breaker reasons and tier skips are worded as the engine words them.
+Health reasons, breaker reasons, tier skips and alert messages are worded as the engine words
+them.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 
 from engine.commands import Command, CommandResult, Drain, Effect, SetSafeMode, Undrain
 from engine.snapshot import (
+    AlertView,
     AuditView,
     DeploymentView,
     FallbackView,
@@ -20,6 +22,8 @@ from engine.snapshot import (
     ProviderView,
     RequestView,
     Snapshot,
+    SpendView,
+    TenantSpendView,
     TierStepView,
     TierView,
     TokenView,
@@ -144,6 +148,86 @@ def _requests() -> tuple[RequestView, ...]:
     return tuple(reversed(out))
 
 
+CALM_SPEND = SpendView(
+    today_usd=142.37,
+    by_tenant=(
+        TenantSpendView("acme", 96.40, 250.0, 1_840.20, 6_000.0),
+        TenantSpendView("globex", 31.17, None, 512.00, None),
+        TenantSpendView("local", 14.80, None, 120.50, None),
+    ),
+    by_tier=(("high", 88.10), ("low", 9.87), ("medium", 44.40)),
+    by_deployment=(
+        ("balanced-sonnet", 44.90),
+        ("fast-mini", 9.37),
+        ("local-llama", 0.0),
+        ("strong-large", 88.10),
+    ),
+    successes_today=85_900,
+    cost_per_success_usd=142.37 / 85_900,
+    unpriced=(),
+    cache_hit_ratio=0.182,
+    cache_saved_usd=6.42,
+    cache_entries=1_204,
+)
+"""A quiet day: one tenant well inside its budget, two without one, every deployment priced
+(local-llama at $0, as configured)."""
+
+BUDGET_SPEND = SpendView(
+    today_usd=136.71,
+    by_tenant=(
+        TenantSpendView("acme", 85.00, 100.0, 1_020.00, 3_000.0),
+        TenantSpendView("globex", 12.50, 10.0, 140.00, None),
+        TenantSpendView("initech", 36.00, 60.0, 410.00, 1_200.0),
+        TenantSpendView("local", 3.21, None, 40.10, None),
+    ),
+    by_tier=(("high", 88.10), ("low", 4.21), ("medium", 44.40)),
+    by_deployment=(
+        ("balanced-sonnet", 44.90),
+        ("fast-mini", 3.71),
+        ("strong-large", 88.10),
+    ),
+    successes_today=32_550,
+    cost_per_success_usd=0.0042,
+    unpriced=(("local-llama", 12),),
+    cache_hit_ratio=0.312,
+    cache_saved_usd=12.34,
+    cache_entries=1_204,
+)
+"""A day under budget pressure: acme at 85% of its daily budget, globex over its own (125%),
+initech at 60%, local without a budget; local-llama served 12 requests with no price."""
+
+ALERTS = (
+    AlertView(
+        at=T0 - 30,
+        kind="budget",
+        severity="critical",
+        message=(
+            "Tenant globex is at its daily budget: $12.5000 of $10.00 (125%); its requests get "
+            "429s until 00:00 UTC unless the budget is raised."
+        ),
+    ),
+    AlertView(
+        at=T0 - 140,
+        kind="unpriced",
+        severity="warning",
+        message=(
+            "Deployment local-llama has no price and served 12 requests: their cost is unknown "
+            "and not counted against budgets. Set a price on the deployment in the config."
+        ),
+    ),
+    AlertView(
+        at=T0 - 1_800,
+        kind="budget",
+        severity="info",
+        message=(
+            "Tenant initech has spent $30.0000 of its $60.00 daily budget (50%), past the 50% "
+            "alert threshold."
+        ),
+    ),
+)
+"""One alert of each severity, newest first, as the engine words them."""
+
+
 def make_snapshot(
     stats: dict[str, Stats] | None = None,
     *,
@@ -154,6 +238,8 @@ def make_snapshot(
     safe_mode: bool = False,
     audit: tuple[AuditView, ...] = (),
     fallback_ratio: float = 0.021,
+    spend: SpendView | None = CALM_SPEND,
+    alerts: tuple[AlertView, ...] = (),
 ) -> Snapshot:
     """A snapshot of the demo layout.
 
@@ -253,6 +339,8 @@ def make_snapshot(
         ),
         recent=_requests(),
         state_queue=0,
+        spend=spend,
+        alerts=alerts,
     )
 
 
@@ -285,6 +373,11 @@ def degraded_snapshot() -> Snapshot:
         tier_shares={"low": (0.35, 0.65, 0.0), "medium": (0.82, 0.18)},
         fallback_ratio=0.384,
     )
+
+
+def budget_snapshot() -> Snapshot:
+    """Tenants near and over their budgets, unpriced traffic, and an alert of each severity."""
+    return make_snapshot(spend=BUDGET_SPEND, alerts=ALERTS)
 
 
 def drained_snapshot() -> Snapshot:

@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
+from rich.style import Style
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.pilot import Pilot
@@ -17,18 +18,24 @@ from console import bindings
 from console.app import RouteDeckApp
 from console.screens.confirm import ConfirmScreen
 from console.screens.help import HelpScreen
+from console.widgets import formatting as fmt
+from console.widgets.alerts_pane import AlertsPane
 from console.widgets.live_table import Column, LiveTable
 from console.widgets.provider_table import ProviderTable, deployment_key, provider_key
 from console.widgets.rollout_pane import RolloutPane
+from console.widgets.spend_pane import SpendPane, SpendTable, budget_state, rows
 from console.widgets.status_header import StatusHeader, shorten_error
 from console.widgets.tail_pane import PATH_SEPARATOR, TailPane
 from console.widgets.tier_pane import TierPane
-from console.widgets.token_pane import TokenPane
 from engine.commands import Drain, Drill, SetSafeMode
-from engine.snapshot import RolloutView
+from engine.snapshot import AlertView, RolloutView
 from tests.console.conftest import run_command, wait_for
 from tests.console.fakes import (
+    ALERTS,
+    BUDGET_SPEND,
+    T0,
     FakeLink,
+    budget_snapshot,
     degraded_snapshot,
     drained_snapshot,
     make_snapshot,
@@ -140,22 +147,213 @@ async def test_rollout_pane_says_there_is_none() -> None:
         assert "serving release config" in text
 
 
-async def test_token_pane_shows_tokens_and_never_dollars() -> None:
-    async with fake_console(FakeLink([make_snapshot()])) as (app, _):
-        pane = app.query_one(TokenPane)
-        summary = _text(pane.query_one("#token-summary"))
-        assert "in 590k · out 317k" in summary
-        assert "in 41.2M · out 18.8M" in summary
-        table = pane.query_one("#token-table", LiveTable)
+def _style_on_screen(widget: Any, needle: str) -> Style:
+    """The style ``needle``'s first character is drawn with, as the widget renders it."""
+    for y in range(widget.size.height):
+        offset = 0
+        segments = list(widget.render_line(y))
+        line = "".join(segment.text for segment in segments)
+        start = line.find(needle)
+        if start < 0:
+            continue
+        for segment in segments:
+            if offset <= start < offset + len(segment.text):
+                return segment.style or Style()
+            offset += len(segment.text)
+    raise AssertionError(f"{needle!r} is not on screen")
+
+
+def _lines(widget: Any) -> list[str]:
+    return [line.rstrip() for line in _text(widget).splitlines()]
+
+
+async def test_spend_pane_shows_dollars_budgets_cache_and_unpriced_traffic() -> None:
+    async with fake_console(FakeLink([budget_snapshot()]), size=(160, 48)) as (app, pilot):
+        summary = app.query_one("#spend-summary")
+        table = app.query_one(SpendTable)
+        await wait_for(pilot, lambda: table.shows("scope"), "the by column")
+        assert _lines(summary) == [
+            "spent    ≥$136.71 today · ≥$0.0042 per successful task",
+            "▲ unpriced: local-llama (12 req) — cost unknown, not $0",
+            "per min  in 590k · out 317k  ▄▇██▇█▇█",
+            "today    in 41.2M · out 18.8M",
+            "cache    31.2% hit · saved $12.34 · 1,204 entries",
+        ]
         assert table.keys == [
+            "tenant:acme",
+            "tenant:globex",
+            "tenant:initech",
+            "tenant:local",
             "tier:high",
             "tier:low",
             "tier:medium",
-            "tenant:acme",
-            "tenant:local",
+            "deployment:local-llama",
+            "deployment:balanced-sonnet",
+            "deployment:fast-mini",
+            "deployment:strong-large",
         ]
-        assert table.cell_text("tenant:acme", "input") == "30.0M"
-        assert "$" not in summary
+        assert table.cell_text("tenant:acme", "usd") == "$85.00"
+        assert table.cell_text("tenant:acme", "budget") == "██████▊░ 85% of $100"
+        assert table.cell_text("tenant:globex", "budget") == "████████ 125% of $10"
+        assert table.cell_text("tenant:initech", "budget") == "████▊░░░ 60% of $60"
+        assert table.cell_text("tenant:local", "usd") == "$3.21"
+        assert table.cell_text("tenant:local", "budget") == "", "no budget, no bar"
+        assert table.cell_text("tier:medium", "usd") == "$44.40"
+        assert table.cell_text("deployment:fast-mini", "usd") == "$3.71"
+        assert table.cell_text("deployment:local-llama", "usd") == "▲ unpriced"
+        assert table.cell_text("deployment:local-llama", "budget") == "12 req, cost unknown"
+        loud = summary.get_component_rich_style("state--loud", partial=True)
+        shown = _style_on_screen(summary, "▲ unpriced")
+        assert (shown.color, shown.bgcolor, shown.bold) == (loud.color, loud.bgcolor, True)
+        everything = " ".join(table.cell_text(key, "usd") for key in table.keys)
+        assert "$0.00" not in everything, "unpriced traffic is never $0"
+
+
+async def test_budget_bars_are_coloured_by_the_share_spent() -> None:
+    assert [budget_state(s) for s in (0.0, 0.49, 0.5, 0.79, 0.8, 0.99, 1.0, 1.25)] == [
+        "budget-ok",
+        "budget-ok",
+        "budget-watch",
+        "budget-watch",
+        "budget-high",
+        "budget-high",
+        "budget-over",
+        "budget-over",
+    ]
+    async with fake_console(FakeLink([budget_snapshot()]), size=(160, 48)) as (app, pilot):
+        table = app.query_one(SpendTable)
+        await wait_for(pilot, lambda: table.row_count > 0, "the spend rows")
+        for tenant, state in (
+            ("acme", "budget-high"),
+            ("globex", "budget-over"),
+            ("initech", "budget-watch"),
+        ):
+            cell = table.get_cell(f"tenant:{tenant}", "budget")
+            assert cell.style == table.get_component_rich_style(
+                f"live-table--{state}", partial=True
+            ), tenant
+        over = table.get_component_rich_style("live-table--budget-over", partial=True)
+        high = table.get_component_rich_style("live-table--budget-high", partial=True)
+        assert over.color != high.color, "over budget and near it look different"
+
+
+def test_spend_rows_carry_tokens_month_and_budget_when_wide_enough() -> None:
+    by_key = dict(rows(budget_snapshot()))
+    assert by_key["tenant:acme"] == (
+        "tenant",
+        "acme",
+        "30.0M",
+        "12.0M",
+        "$85.00",
+        ("$1,020 of $3,000", "budget-ok"),
+        ("██████▊░ 85% of $100", "budget-high"),
+    )
+    assert by_key["tenant:globex"][5] == "$140.00", "no monthly budget: just dollars"
+    assert by_key["tier:high"][2:5] == ("9.1M", "4.4M", "$88.10")
+    compact = [key for key, _ in rows(budget_snapshot(), compact=True)]
+    assert compact[0] == "heading:tenants" and "heading:deployments" in compact
+
+
+async def test_spend_summary_at_80x24_leads_with_dollars_and_the_unpriced_warning() -> None:
+    async with fake_console(FakeLink([budget_snapshot()]), size=(80, 24)) as (app, pilot):
+        summary = app.query_one("#spend-summary")
+        pane = app.query_one(SpendPane)
+        await wait_for(pilot, lambda: summary.size.height == 2, "the short layout")
+        await wait_for(
+            pilot, lambda: "cache 31%" in _text(summary), "the cache ratio on the first line"
+        )
+        shown = _lines(summary)[: summary.size.height]
+        assert shown == [
+            "≥$136.71 today · ≥$0.0042 per task · cache 31%",
+            "▲ unpriced: local-llama (12 req)",
+        ]
+        assert pane.region.width >= len(shown[0]), "the summary line fits"
+        assert not app.query_one("#spend-table").display
+        assert not app.query_one(AlertsPane).display, "alerts give way at 80x24"
+        badge = app.query_one("#badge-alerts", Label)
+        assert badge.display and _text(badge) == "✖ 3 alerts"
+        assert badge.has_class("-critical")
+
+
+async def test_unknown_dollars_show_a_dash_never_zero() -> None:
+    unknown = dataclasses.replace(
+        BUDGET_SPEND,
+        today_usd=0.0,
+        by_tenant=(),
+        by_deployment=(),
+        cost_per_success_usd=None,
+        cache_hit_ratio=None,
+        unpriced=(("local-llama", 40),),
+    )
+    snapshot = make_snapshot(spend=unknown)
+    async with fake_console(FakeLink([snapshot]), size=(160, 48)) as (app, pilot):
+        summary = app.query_one("#spend-summary")
+        await wait_for(pilot, lambda: _text(summary).startswith("spent"), "the summary")
+        lines = _lines(summary)
+        assert lines[0] == "spent    — today · — per successful task"
+        assert lines[1] == "▲ unpriced: local-llama (40 req) — cost unknown, not $0"
+        assert lines[4] == "cache    — hit · saved $12.34 · 1,204 entries"
+        table = app.query_one(SpendTable)
+        assert table.cell_text("deployment:local-llama", "usd") == "▲ unpriced"
+        assert table.cell_text("tenant:acme", "usd") == "—", "tokens but no ledger row"
+
+    async with fake_console(FakeLink([make_snapshot(spend=None)]), size=(160, 48)) as (app, pilot):
+        summary = app.query_one("#spend-summary")
+        await wait_for(pilot, lambda: _text(summary).strip(), "the summary")
+        assert _lines(summary)[0] == "no dollar figures from this engine"
+        assert "in 41.2M · out 18.8M" in _text(summary), "tokens still show"
+
+
+def test_dollars_and_bars_format() -> None:
+    assert [fmt.usd(v) for v in (None, 0.0, 0.00004, 0.0042, 12.345, 1234.5)] == [
+        "—",
+        "$0.00",
+        "<$0.0001",
+        "$0.0042",
+        "$12.35",
+        "$1,234",
+    ]
+    assert fmt.usd_at_least(1.5, partial=True) == "≥$1.50"
+    assert fmt.usd_at_least(0.0, partial=True) == "—"
+    assert fmt.usd_at_least(0.0, partial=False) == "$0.00"
+    assert fmt.bar(0.0, 4) == "░░░░"
+    assert fmt.bar(0.5, 4) == "██░░"
+    assert fmt.bar(0.85, 8) == "██████▊░"
+    assert fmt.bar(1.7, 4) == "████", "over budget fills the bar, the share says by how much"
+
+
+async def test_alerts_pane_lists_the_newest_with_time_severity_and_message() -> None:
+    async with fake_console(FakeLink([budget_snapshot()]), size=(160, 48)) as (app, pilot):
+        pane = app.query_one(AlertsPane)
+        await wait_for(pilot, lambda: "08:52:50" in _text(pane), "the alerts")
+        assert pane.border_title == "alerts · 3 today"
+        words = _words(pane)
+        assert words.startswith("08:52:50 ✖ critical Tenant globex is at its daily budget")
+        assert "08:51:00 ▲ warning Deployment local-llama has no price" in words
+        assert "08:23:20 ● info Tenant initech has spent $30.0000" in words
+        assert words.index("critical") < words.index("warning") < words.index("info")
+        for level in ("info", "warning", "critical"):
+            wanted = pane.get_component_rich_style(f"state--alert-{level}", partial=True)
+            shown = _style_on_screen(pane, fmt.severity(level))
+            assert shown.color == wanted.color and shown.bold == wanted.bold, level
+        info = pane.get_component_rich_style("state--alert-info", partial=True)
+        critical = pane.get_component_rich_style("state--alert-critical", partial=True)
+        assert info.color != critical.color
+
+
+async def test_alerts_pane_says_when_there_are_none_and_dates_older_ones() -> None:
+    link = FakeLink([make_snapshot()])
+    async with fake_console(link, size=(160, 48)) as (app, pilot):
+        pane = app.query_one(AlertsPane)
+        await wait_for(pilot, lambda: _text(pane) == "no alerts", "the empty pane")
+        assert not app.query_one("#badge-alerts").display
+
+        yesterday = AlertView(T0 - 86_400, "fallback_ratio", "warning", "40% served by fallback")
+        link.push(make_snapshot(seq=2, alerts=(ALERTS[2], yesterday)))
+        await wait_for(pilot, lambda: "Oct 08" in _text(pane), "the older alert's date")
+        badge = app.query_one("#badge-alerts", Label)
+        assert _text(badge) == "● 1 alert", "only today's count"
+        assert badge.has_class("-info") and not badge.has_class("-warning")
 
 
 async def test_a_dialog_holds_rendering_until_it_closes() -> None:

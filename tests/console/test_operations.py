@@ -7,6 +7,7 @@ admin API), and checks routing through real HTTP requests.
 
 from __future__ import annotations
 
+import re
 import socket
 import time
 
@@ -16,7 +17,9 @@ from textual.widgets import Button, Input, Label
 
 from console.app import RouteDeckApp
 from console.screens.confirm import ConfirmScreen
+from console.widgets import formatting as fmt
 from console.widgets.provider_table import ProviderTable, deployment_key, provider_key
+from console.widgets.spend_pane import SpendTable
 from console.widgets.tail_pane import PATH_SEPARATOR, TailPane
 from console.widgets.tier_pane import TierPane
 from engine.link import RemoteLink
@@ -307,6 +310,53 @@ async def test_a_failing_provider_opens_its_breaker_on_screen(proxy: Proxy) -> N
         response = await proxy.chat("low")
         assert response.headers["x-routedeck-provider"] == "sim-b"
         assert proxy.sim_requests("sim-a") == failed_a
+
+
+_ZERO = re.compile(r"\$0\.00(?![0-9])")
+"""Zero dollars as the console writes them ($0.00), not the start of $0.0013."""
+
+
+async def test_spend_pane_shows_the_real_dollars_cache_hits_and_unpriced_traffic(
+    proxy: Proxy,
+) -> None:
+    async with console(proxy) as (app, pilot):
+        # Three different deterministic requests, each twice: the second round is answered
+        # from the cache, so half the lookups hit.
+        cache = []
+        for _ in range(2):
+            for n in range(3):
+                response = await proxy.chat("low", f"what does invoice {n} total?", temperature=0)
+                cache.append(response.headers["x-routedeck-cache"])
+                if response.headers["x-routedeck-cache"] == "miss":
+                    assert response.headers["x-routedeck-deployment"] == "a-mini"
+                    assert float(response.headers["x-routedeck-cost"]) > 0
+        assert cache == ["miss"] * 3 + ["hit"] * 3
+        unpriced = await proxy.chat("high")
+        assert unpriced.headers["x-routedeck-cost"] == "unpriced"
+
+        summary = app.query_one("#spend-summary")
+
+        def text() -> str:
+            return str(summary.render())
+
+        await wait_for(pilot, lambda: "cache    50.0% hit" in text(), "the cache hit ratio")
+        await wait_for(pilot, lambda: "▲ unpriced: c-big (1 req)" in text(), "the warning")
+        spend = app.snapshot.spend if app.snapshot else None
+        assert spend is not None and spend.today_usd > 0
+        first = text().splitlines()[0]
+        assert first.startswith("spent    ≥$"), first
+        assert f"≥{fmt.usd(spend.today_usd)} today" in first
+        assert not _ZERO.search(first) and "— today" not in first
+        saved = text().splitlines()[-1]
+        assert saved.startswith("cache    50.0% hit · saved $"), saved
+        assert not _ZERO.search(saved), "the hits saved what their first calls cost"
+
+        table = app.query_one(SpendTable)
+        await wait_for(pilot, lambda: "deployment:c-big" in table.keys, "the unpriced row")
+        assert table.cell_text("deployment:c-big", "usd") == "▲ unpriced"
+        dollars = table.cell_text("deployment:a-mini", "usd")
+        assert dollars.startswith("$") and not _ZERO.search(dollars), dollars
+        assert table.cell_text("tenant:local", "usd") == fmt.usd(spend.today_usd)
 
 
 def _closed_port() -> int:

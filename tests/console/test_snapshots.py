@@ -18,6 +18,7 @@ from console.app import RouteDeckApp
 from engine.snapshot import Snapshot
 from tests.console.fakes import (
     FakeLink,
+    budget_snapshot,
     degraded_snapshot,
     drained_snapshot,
     make_snapshot,
@@ -86,6 +87,29 @@ def test_healthy_80x24(snap_compare: SnapCompare) -> None:
 def test_healthy_160x48(snap_compare: SnapCompare) -> None:
     """All providers healthy on a large terminal: every pane, tiers beside the providers."""
     assert snap_compare(_app(_one(make_snapshot())), run_before=_settle(), terminal_size=(160, 48))
+
+
+def test_spend_and_alerts_160x48(snap_compare: SnapCompare) -> None:
+    """A day under budget pressure on a large terminal: the spend pane with dollars as a lower
+    bound, the loud unpriced line, cache figures, budget bars at 85% (warning), 125% (error) and
+    60%, a tenant without a budget; the alerts pane with one alert of each severity."""
+    assert snap_compare(
+        _app(_one(budget_snapshot())), run_before=_settle(), terminal_size=(160, 48)
+    )
+
+
+def test_spend_and_alerts_80x24(snap_compare: SnapCompare) -> None:
+    """The same at the smallest size: the spend summary line and the unpriced warning beside
+    the fallback; the alerts pane gives way to the header's "✖ 3 alerts"."""
+    assert snap_compare(_app(_one(budget_snapshot())), run_before=_settle(), terminal_size=(80, 24))
+
+
+def test_spend_and_alerts_100x40(snap_compare: SnapCompare) -> None:
+    """Narrow and tall: fallback over the alerts, beside the whole spend pane, whose table
+    heads each group in place of the by column."""
+    assert snap_compare(
+        _app(_one(budget_snapshot())), run_before=_settle(), terminal_size=(100, 40)
+    )
 
 
 def test_degraded(snap_compare: SnapCompare) -> None:
