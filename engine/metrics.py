@@ -152,7 +152,7 @@ class Metrics:
         now = self._clock()
         self.requests_total += 1
         self._requests.add(now)
-        if rec.outcome != "ok":
+        if rec.outcome not in ("ok", "client_closed"):  # a client leaving is not an error of ours
             self.errors_total += 1
         if rec.deployment is not None:
             self._served.add(now)

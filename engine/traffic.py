@@ -100,7 +100,11 @@ class TrafficGenerator:
         tenant = rng.choice(self._tenants)
         stream = rng.random() < self._stream_share
         headers = {"x-routedeck-task": task.name, "authorization": f"Bearer demo-{tenant}"}
-        messages = [{"role": "user", "content": task.prompt.format(n=n)}]
+        # Classifications repeat (a small set of tickets) at temperature 0, so the cache answers
+        # some of them, as it would in production.
+        deterministic = task.name == "classification"
+        number = n % 25 if deterministic else n
+        messages = [{"role": "user", "content": task.prompt.format(n=number)}]
         if rng.random() < self._anthropic_share:
             body: dict[str, Any] = {
                 "model": task.model,
@@ -108,8 +112,12 @@ class TrafficGenerator:
                 "messages": messages,
                 "stream": stream,
             }
+            if deterministic:
+                body["temperature"] = 0
             return "/v1/messages", headers, body
         body = {"model": task.model, "max_tokens": task.max_tokens, "messages": messages}
+        if deterministic:
+            body["temperature"] = 0
         if stream:
             body["stream"] = True
             body["stream_options"] = {"include_usage": True}
