@@ -27,7 +27,7 @@ from textual import on, work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import BindingType
 from textual.containers import Grid
-from textual.reactive import reactive
+from textual.reactive import var
 from textual.screen import ModalScreen, Screen
 from textual.widgets import DataTable, Footer
 
@@ -75,11 +75,14 @@ class RouteDeckApp(App[None]):
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (120, "-wide")]
     VERTICAL_BREAKPOINTS = [(0, "-short"), (36, "-tall")]
 
-    snapshot: reactive[Snapshot | None] = reactive(None)
+    # `var`, not `reactive`: a reactive on the app repaints the whole screen whenever it
+    # changes, and `freshness` changes every second. The panes bound to these repaint
+    # themselves, and only what changed.
+    snapshot: var[Snapshot | None] = var(None)
     """The snapshot on screen; the only reactive the panes render from."""
-    paused: reactive[bool] = reactive(False)
-    freshness: reactive[Freshness | None] = reactive(None)
-    refresh_interval: reactive[float] = reactive(0.5)
+    paused: var[bool] = var(False)
+    freshness: var[Freshness | None] = var(None)
+    refresh_interval: var[float] = var(0.5)
 
     _providers: ProviderTable
     _tail: TailPane
@@ -188,8 +191,10 @@ class RouteDeckApp(App[None]):
         if isinstance(self.screen, ModalScreen):
             return
         self._shown_at = self._arrived_at
-        self.snapshot = latest
-        self.update_age()
+        # One batch, so every pane's change reaches the screen in a single update.
+        with self.batch_update():
+            self.snapshot = latest
+            self.update_age()
 
     def update_age(self) -> None:
         """Recompute how old the data is and why the link went quiet (the tick, once a second)."""

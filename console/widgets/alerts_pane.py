@@ -14,7 +14,7 @@ import time
 
 from rich.text import Text
 from textual import events
-from textual.reactive import reactive
+from textual.reactive import var
 
 from console.widgets import formatting as fmt
 from console.widgets.state_text import StateText
@@ -50,11 +50,12 @@ def when(alert: AlertView, now: float) -> str:
 
 
 class AlertsPane(StateText):
-    snapshot: reactive[Snapshot | None] = reactive(None)
+    snapshot: var[Snapshot | None] = var(None)
 
     def __init__(self) -> None:
         super().__init__(id="alerts")
-        self.border_title = "alerts"
+        self._title = "alerts"
+        self.border_title = self._title
 
     def watch_snapshot(self) -> None:
         self.redraw()
@@ -68,9 +69,13 @@ class AlertsPane(StateText):
         if snapshot is None or not self.is_mounted:
             return
         today = len(todays(snapshot))
-        self.border_title = f"alerts · {today} today" if today else "alerts"
+        title = f"alerts · {today} today" if today else "alerts"
+        if title != self._title:
+            # Setting a border title repaints the pane, even when it is the same title.
+            self._title = title
+            self.border_title = title
         if not snapshot.alerts:
-            self.update(self.styled("no alerts", "muted"))
+            self.show(self.styled("no alerts", "muted"))
             return
         width = self.content_size.width
         text = Text()
@@ -80,7 +85,7 @@ class AlertsPane(StateText):
             text.append_text(self._alert(alert, snapshot.taken_at, width))
         text.no_wrap = True
         text.overflow = "ellipsis"
-        self.update(text)
+        self.show(text)
 
     def _alert(self, alert: AlertView, now: float, width: int) -> Text:
         head = f"{when(alert, now)} "

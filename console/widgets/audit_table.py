@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from textual.reactive import reactive
+from textual.reactive import var
 
 from console.widgets import formatting as fmt
 from console.widgets.live_table import Cell, LiveTable, Row
@@ -34,7 +34,7 @@ def _row(entry: AuditView) -> Row:
 
 
 class AuditTable(LiveTable):
-    snapshot: reactive[Snapshot | None] = reactive(None)
+    snapshot: var[Snapshot | None] = var(None)
 
     def __init__(self) -> None:
         super().__init__(COLUMNS, id="audit")
@@ -43,6 +43,6 @@ class AuditTable(LiveTable):
     def watch_snapshot(self, snapshot: Snapshot | None) -> None:
         if snapshot is None or not self.is_mounted:
             return
-        self.sync([_row(entry) for entry in reversed(snapshot.audit)])
-        if not self.has_focus:
+        changed = self.sync([_row(entry) for entry in reversed(snapshot.audit)])
+        if not self.has_focus and (changed or self.scroll_y != self.max_scroll_y):
             self.scroll_end(animate=False, immediate=False)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from rich.text import Text
-from textual.reactive import reactive
+from textual.reactive import var
 
 from console.widgets import formatting as fmt
 from console.widgets.state_text import StateText
@@ -26,7 +26,7 @@ def ratio_state(ratio: float | None) -> str:
 
 
 class FallbackPane(StateText):
-    snapshot: reactive[Snapshot | None] = reactive(None)
+    snapshot: var[Snapshot | None] = var(None)
 
     def __init__(self) -> None:
         super().__init__(id="fallback")
@@ -58,4 +58,4 @@ class FallbackPane(StateText):
             text.append_text(self.styled("causes: none", "muted"))
         text.no_wrap = True
         text.overflow = "ellipsis"
-        self.update(text)
+        self.show(text)

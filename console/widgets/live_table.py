@@ -16,12 +16,14 @@ shown again when the table widens.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import ClassVar
 
 from rich.text import Text
 from textual import events
+from textual.coordinate import Coordinate
 from textual.widgets import DataTable
 
 Cell = str | tuple[str, str]
@@ -94,6 +96,7 @@ class LiveTable(DataTable[Text]):
         self._index = {c.key: i for i, c in enumerate(self._columns_spec)}
         self._cells: dict[str, tuple[Cell, ...]] = {}
         self._layout: Layout = ()
+        self._syncing = False
         self._apply_layout(self._layout_for(None))
 
     def on_mount(self) -> None:
@@ -187,15 +190,22 @@ class LiveTable(DataTable[Text]):
         """The plain text shown in one cell (for tests and callers that read the table)."""
         return self.get_cell(key, column).plain
 
-    def sync(self, rows: Sequence[Row]) -> None:
-        """Make the table show exactly ``rows``, in order, touching only what changed."""
+    def sync(self, rows: Sequence[Row]) -> bool:
+        """Make the table show exactly ``rows``, in order, touching only what changed.
+
+        Returns True when anything changed; rows that are already shown as given cost no
+        redraw at all.
+        """
         wanted = [key for key, _ in rows]
         wanted_set = set(wanted)
-        with self.app.batch_update():
-            current = self.keys
+        changed = False
+        with self.app.batch_update(), self._sync():
+            # `_cells` is in display order (rows are only appended), and cheaper than `keys`.
+            current = list(self._cells)
             for key in current:
                 if key not in wanted_set:
                     self._remove(key)
+                    changed = True
             current = [key for key in current if key in wanted_set]
             # Rows can only be appended, so keep the longest prefix that is already in the
             # right order and re-append whatever follows it.
@@ -204,13 +214,31 @@ class LiveTable(DataTable[Text]):
                 keep += 1
             for key in current[keep:]:
                 self._remove(key)
+                changed = True
             for index, (key, cells) in enumerate(rows):
                 values = tuple(cells)
                 if index < keep:
-                    self._update(key, values)
+                    changed = self._update(key, values) or changed
                 else:
                     self._cells[key] = values
                     self.add_row(*self._shown(values), key=key)
+                    changed = True
+        return changed
+
+    @contextmanager
+    def _sync(self) -> Iterator[None]:
+        self._syncing = True
+        try:
+            yield
+        finally:
+            self._syncing = False
+
+    def watch_hover_coordinate(self, old: Coordinate, value: Coordinate) -> None:
+        # Removing a row re-sets the hover coordinate, and refreshing the two hovered cells
+        # then sorts every row to find them: for a tail that drops 100 rows a snapshot, most
+        # of the sync. A removed row redraws the whole table anyway.
+        if not self._syncing:
+            super().watch_hover_coordinate(old, value)
 
     def _shown(self, values: tuple[Cell, ...]) -> list[Text]:
         return [self._renderable(values[self._index[key]]) for key, _ in self._layout]
@@ -219,15 +247,17 @@ class LiveTable(DataTable[Text]):
         self.remove_row(key)
         del self._cells[key]
 
-    def _update(self, key: str, values: tuple[Cell, ...]) -> None:
+    def _update(self, key: str, values: tuple[Cell, ...]) -> bool:
+        """Rewrite the cells of row ``key`` that changed; True when any did."""
         old = self._cells[key]
         if old == values:
-            return
+            return False
         for column, _ in self._layout:
             index = self._index[column]
             if old[index] != values[index]:
                 self.update_cell(key, column, self._renderable(values[index]))
         self._cells[key] = values
+        return True
 
     def _renderable(self, cell: Cell) -> Text:
         if isinstance(cell, str):

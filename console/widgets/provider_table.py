@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from textual.reactive import reactive
+from textual.reactive import var
 
 from console.widgets import formatting as fmt
 from console.widgets.live_table import Cell, Column, LiveTable, Row
@@ -137,7 +137,7 @@ def rows(snapshot: Snapshot, *, compact: bool = False) -> list[Row]:
 
 
 class ProviderTable(LiveTable):
-    snapshot: reactive[Snapshot | None] = reactive(None)
+    snapshot: var[Snapshot | None] = var(None)
 
     def __init__(self) -> None:
         super().__init__(COLUMNS, id="providers")

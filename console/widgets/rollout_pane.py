@@ -6,14 +6,14 @@ While the engine reports no rollout the pane says so; it never shows a placehold
 from __future__ import annotations
 
 from rich.text import Text
-from textual.reactive import reactive
+from textual.reactive import var
 
 from console.widgets.state_text import StateText
 from engine.snapshot import Snapshot
 
 
 class RolloutPane(StateText):
-    snapshot: reactive[Snapshot | None] = reactive(None)
+    snapshot: var[Snapshot | None] = var(None)
 
     def __init__(self) -> None:
         super().__init__(id="rollout")
@@ -36,4 +36,4 @@ class RolloutPane(StateText):
             text.append_text(self.styled(rollout.release, "strong"))
             text.append("\nstage ")
             text.append_text(self.styled(rollout.stage, "warn"))
-        self.update(text)
+        self.show(text)

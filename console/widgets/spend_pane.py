@@ -25,7 +25,7 @@ from rich.text import Text
 from textual import events
 from textual.app import ComposeResult
 from textual.containers import Vertical
-from textual.reactive import reactive
+from textual.reactive import var
 
 from console.widgets import formatting as fmt
 from console.widgets.live_table import Cell, Column, LiveTable, Row
@@ -180,7 +180,7 @@ def unpriced_lines(unpriced: Sequence[tuple[str, int]]) -> list[str]:
 class SpendSummary(StateText):
     """The summary lines; picks the fullest wording of each that fits the width."""
 
-    snapshot: reactive[Snapshot | None] = reactive(None)
+    snapshot: var[Snapshot | None] = var(None)
 
     def watch_snapshot(self) -> None:
         self.redraw()
@@ -224,7 +224,7 @@ class SpendSummary(StateText):
         text = Text("\n").join(lines)
         text.no_wrap = True
         text.overflow = "ellipsis"
-        self.update(text)
+        self.show(text)
 
     def _fit(self, width: int, forms: Sequence[Text]) -> Text:
         """The first of ``forms`` that fits ``width`` cells, else the last (cut to fit)."""
@@ -271,7 +271,7 @@ class SpendTable(LiveTable):
     """The table under the summary; a group heading row replaces the ``by`` column when the
     table is too narrow for it."""
 
-    snapshot: reactive[Snapshot | None] = reactive(None)
+    snapshot: var[Snapshot | None] = var(None)
 
     def __init__(self) -> None:
         super().__init__(COLUMNS, id="spend-table")
@@ -287,7 +287,7 @@ class SpendTable(LiveTable):
 
 
 class SpendPane(Vertical):
-    snapshot: reactive[Snapshot | None] = reactive(None)
+    snapshot: var[Snapshot | None] = var(None)
 
     def __init__(self) -> None:
         super().__init__(id="spend")

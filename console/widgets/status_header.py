@@ -9,15 +9,20 @@ that something was raised.
 When the engine stops delivering snapshots the header takes the ``-stale`` class and says so,
 followed by why when the link knows (an attached engine that cannot be reached), shortened to
 fit, in place of the summary.
+
+The header is re-rendered by the app's once-a-second age tick as well as by every snapshot, so
+it only touches a label whose text changed, and asks for a layout only when a label sized to
+its text (``#where``, the alert badge, the age) changes width.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rich.cells import cell_len
 from textual.app import ComposeResult
 from textual.containers import Horizontal
-from textual.reactive import reactive
+from textual.reactive import var
 from textual.widgets import Label
 
 from console.widgets import formatting as fmt
@@ -53,15 +58,16 @@ class Freshness:
 
 
 class StatusHeader(Horizontal):
-    snapshot: reactive[Snapshot | None] = reactive(None)
-    freshness: reactive[Freshness | None] = reactive(None)
-    paused: reactive[bool] = reactive(False)
+    snapshot: var[Snapshot | None] = var(None)
+    freshness: var[Freshness | None] = var(None)
+    paused: var[bool] = var(False)
 
     def __init__(self, *, label: str, read_only: bool, attached: bool) -> None:
         super().__init__(id="header")
         self._label = label
         self._read_only = read_only
         self._attached = attached
+        self._texts: dict[str, str] = {}
 
     def compose(self) -> ComposeResult:
         yield Label("routedeck", id="brand")
@@ -95,20 +101,29 @@ class StatusHeader(Horizontal):
             self.query_one("#badge-paused").display = paused
             self._render_age()
 
+    def _put(self, label_id: str, text: str, *, sized: bool = False) -> None:
+        """Show ``text`` in the label ``#label_id`` unless it shows it already; ``sized`` for a
+        label as wide as its text, whose new width needs a layout."""
+        before = self._texts.get(label_id)
+        if text == before:
+            return
+        self._texts[label_id] = text
+        layout = sized and (before is None or cell_len(before) != cell_len(text))
+        self.query_one(f"#{label_id}", Label).update(text, layout=layout)
+
     def _render_snapshot(self, snapshot: Snapshot | None) -> None:
-        summary = self.query_one("#summary", Label)
         self.query_one("#badge-safe").display = bool(snapshot and snapshot.safe_mode)
         self._render_alerts(snapshot)
         if snapshot is None:
-            summary.update("")
+            self._put("summary", "")
             return
         if snapshot.rollout is None:
             release = f"release {snapshot.release} · no rollout"
         else:
             release = f"release {snapshot.rollout.release} · {snapshot.rollout.stage}"
-        summary.update(f"{snapshot.engine_state} · {rate(snapshot.rps)} req/s · {release}")
+        self._put("summary", f"{snapshot.engine_state} · {rate(snapshot.rps)} req/s · {release}")
         if snapshot.listen and not self._attached:
-            self.query_one("#where", Label).update(snapshot.listen)
+            self._put("where", snapshot.listen, sized=True)
 
     def _render_alerts(self, snapshot: Snapshot | None) -> None:
         badge = self.query_one("#badge-alerts", Label)
@@ -119,7 +134,9 @@ class StatusHeader(Horizontal):
             badge.set_class(severity == level, f"-{severity}")
         if level is not None:
             noun = "alert" if len(alerts) == 1 else "alerts"
-            badge.update(f"{fmt.SEVERITY_GLYPHS[level]} {len(alerts)} {noun}")
+            self._put(
+                "badge-alerts", f"{fmt.SEVERITY_GLYPHS[level]} {len(alerts)} {noun}", sized=True
+            )
 
     def _render_age(self) -> None:
         label = self.query_one("#age", Label)
@@ -127,17 +144,17 @@ class StatusHeader(Horizontal):
         stale = bool(fresh and fresh.stale)
         self.set_class(stale, "-stale")
         label.set_class(stale, "-stale")
-        error = self.query_one("#link-error", Label)
         why = fresh.link_error if fresh is not None and stale else None
-        error.display = bool(why)
-        error.update(shorten_error(why, self._label) if why else "")
+        self.query_one("#link-error").display = bool(why)
+        self._put("link-error", shorten_error(why, self._label) if why else "")
         # The error takes the summary's place: its numbers are as old as the data.
         self.query_one("#summary").display = not why
         if fresh is None or (fresh.shown_age is None and not stale):
-            label.update("waiting for the engine")
+            text = "waiting for the engine"
         elif stale:
-            label.update(f"STALE · no data for {age(fresh.silent_for)}")
+            text = f"STALE · no data for {age(fresh.silent_for)}"
         elif self.paused:
-            label.update(f"showing data {age(fresh.shown_age)} old")
+            text = f"showing data {age(fresh.shown_age)} old"
         else:
-            label.update(f"data {age(fresh.shown_age)} old")
+            text = f"data {age(fresh.shown_age)} old"
+        self._put("age", text, sized=True)

@@ -16,7 +16,7 @@ from __future__ import annotations
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.markup import escape
-from textual.reactive import reactive
+from textual.reactive import var
 from textual.widgets import Input
 
 from console.widgets import formatting as fmt
@@ -91,12 +91,13 @@ def rows(snapshot: Snapshot, needle: str = "") -> list[Row]:
 
 
 class TailPane(Vertical):
-    snapshot: reactive[Snapshot | None] = reactive(None)
-    filter_text: reactive[str] = reactive("")
+    snapshot: var[Snapshot | None] = var(None)
+    filter_text: var[str] = var("")
 
     def __init__(self) -> None:
         super().__init__(id="tail-pane")
-        self.border_title = "requests"
+        self._title = "requests"
+        self.border_title = self._title
 
     def compose(self) -> ComposeResult:
         yield Input(placeholder="filter the requests (enter keeps, esc clears)", id="tail-filter")
@@ -149,10 +150,14 @@ class TailPane(Vertical):
             return
         shown = rows(snapshot, self.filter_text)
         table = self.table
-        table.sync(shown)
+        changed = table.sync(shown)
         if self.filter_text.strip():
-            self.border_title = f"requests · /{escape(self.filter_text.strip())} · {len(shown)} of {len(snapshot.recent)}"
+            title = f"requests · /{escape(self.filter_text.strip())} · {len(shown)} of {len(snapshot.recent)}"
         else:
-            self.border_title = "requests"
-        if not table.has_focus:
+            title = "requests"
+        if title != self._title:
+            # Setting a border title repaints the pane, even when it is the same title.
+            self._title = title
+            self.border_title = title
+        if not table.has_focus and (changed or table.scroll_y != table.max_scroll_y):
             table.scroll_end(animate=False, immediate=False)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from rich.text import Text
 from textual import events
 from textual.geometry import Size
-from textual.reactive import reactive
+from textual.reactive import var
 
 from console.widgets import formatting as fmt
 from console.widgets.state_text import StateText
@@ -93,7 +93,7 @@ def _chains(snapshot: Snapshot) -> list[tuple[TierView, list[_Step]]]:
 
 
 class TierPane(StateText):
-    snapshot: reactive[Snapshot | None] = reactive(None)
+    snapshot: var[Snapshot | None] = var(None)
 
     def __init__(self) -> None:
         super().__init__(id="tiers")
@@ -119,7 +119,7 @@ class TierPane(StateText):
             return
         if not snapshot.tiers:
             self._lines = 1
-            self.update(self.styled("no tiers configured", "muted"))
+            self.show(self.styled("no tiers configured", "muted"))
             return
         tiers = _chains(snapshot)
         width = max(len(tier.name) for tier, _ in tiers)
@@ -144,7 +144,7 @@ class TierPane(StateText):
         text.no_wrap = True
         text.overflow = "ellipsis"
         self._lines = len(text.split())
-        self.update(text)
+        self.show(text)
 
     # Lines start from a plain Text and append styled pieces: appending to a styled Text would
     # give everything after it that Text's style.

@@ -405,7 +405,8 @@ def drained_snapshot() -> Snapshot:
 class FakeLink:
     """An `EngineLink` that yields given snapshots, then whatever `push` sends, forever.
 
-    ``preview`` answers with ``effect_for(command)`` and ``submit`` records the command.
+    ``delivered`` counts the snapshots handed over; ``preview`` answers with
+    ``effect_for(command)`` and ``submit`` records the command.
     """
 
     def __init__(
@@ -424,6 +425,7 @@ class FakeLink:
         self._effect_for = effect_for or default_effect
         self.submitted: list[tuple[Command, str]] = []
         self.previewed: list[Command] = []
+        self.delivered = 0
 
     def push(self, snapshot: Snapshot) -> None:
         if self._queue is None:
@@ -432,11 +434,14 @@ class FakeLink:
 
     async def snapshots(self) -> AsyncIterator[Snapshot]:
         for snapshot in self._initial:
+            self.delivered += 1
             yield snapshot
         if self._queue is None:
             self._queue = asyncio.Queue()
         while True:
-            yield await self._queue.get()
+            snapshot = await self._queue.get()
+            self.delivered += 1
+            yield snapshot
 
     async def preview(self, command: Command) -> Effect:
         self.previewed.append(command)
