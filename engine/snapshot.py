@@ -11,6 +11,7 @@ is None, never 0.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from collections.abc import Mapping
@@ -243,9 +244,15 @@ class Snapshot:
         return snapshot
 
 
+@functools.cache
+def _hints(cls: Any) -> dict[str, Any]:
+    # Resolving annotations is the slow part of rebuilding a snapshot; classes do not change.
+    return typing.get_type_hints(cls)
+
+
 def _build(cls: Any, data: Any) -> Any:
     """Construct dataclass ``cls`` from plain data, recursing through its field types."""
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     kwargs = {}
     for f in dataclasses.fields(cls):
         kwargs[f.name] = _convert(hints[f.name], data[f.name])
