@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import socket
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,3 +141,48 @@ async def wait_logged(proxy: Proxy, requests: int, deadline_s: float = 5.0) -> N
             if snap.requests_total >= requests:
                 break
     await proxy.engine.store.flush()
+
+
+def _loopback(host: object) -> bool:
+    return isinstance(host, str) and (
+        host.startswith("127.") or host in ("::1", "localhost", "0.0.0.0", "")
+    )
+
+
+@pytest.fixture
+def no_network(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[object]]:
+    """Any connection or name lookup beyond loopback fails, and fails the test afterwards.
+
+    Recording the attempts matters: a library that swallows the error would otherwise pass.
+    """
+    attempts: list[object] = []
+    connect, connect_ex, getaddrinfo = (
+        socket.socket.connect,
+        socket.socket.connect_ex,
+        socket.getaddrinfo,
+    )
+
+    def guard(sock: socket.socket, address: Any) -> None:
+        if sock.family in (socket.AF_INET, socket.AF_INET6) and not _loopback(address[0]):
+            attempts.append(address)
+            raise OSError(f"network disabled in this test: {address}")
+
+    def guarded_connect(sock: socket.socket, address: Any) -> None:
+        guard(sock, address)
+        connect(sock, address)
+
+    def guarded_connect_ex(sock: socket.socket, address: Any) -> int:
+        guard(sock, address)
+        return connect_ex(sock, address)
+
+    def guarded_getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if not _loopback(host.decode() if isinstance(host, bytes) else host):
+            attempts.append(host)
+            raise socket.gaierror(f"network disabled in this test: {host}")
+        return getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket.socket, "connect", guarded_connect)
+    monkeypatch.setattr(socket.socket, "connect_ex", guarded_connect_ex)
+    monkeypatch.setattr(socket, "getaddrinfo", guarded_getaddrinfo)
+    yield attempts
+    assert attempts == [], f"network was attempted: {attempts}"

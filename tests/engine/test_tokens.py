@@ -5,9 +5,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import socket
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import tiktoken
@@ -29,49 +27,8 @@ from providers.canonical import (
 # -- no network ------------------------------------------------------------------------------
 
 
-def _loopback(host: object) -> bool:
-    return isinstance(host, str) and (
-        host.startswith("127.") or host in ("::1", "localhost", "0.0.0.0", "")
-    )
-
-
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[object]]:
-    """Any connection or name lookup beyond loopback fails, and fails the test afterwards.
-
-    Recording the attempts matters: a library that swallows the error would otherwise pass.
-    """
-    attempts: list[object] = []
-    connect, connect_ex, getaddrinfo = (
-        socket.socket.connect,
-        socket.socket.connect_ex,
-        socket.getaddrinfo,
-    )
-
-    def guard(sock: socket.socket, address: Any) -> None:
-        if sock.family in (socket.AF_INET, socket.AF_INET6) and not _loopback(address[0]):
-            attempts.append(address)
-            raise OSError(f"network disabled in this test: {address}")
-
-    def guarded_connect(sock: socket.socket, address: Any) -> None:
-        guard(sock, address)
-        connect(sock, address)
-
-    def guarded_connect_ex(sock: socket.socket, address: Any) -> int:
-        guard(sock, address)
-        return connect_ex(sock, address)
-
-    def guarded_getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
-        if not _loopback(host.decode() if isinstance(host, bytes) else host):
-            attempts.append(host)
-            raise socket.gaierror(f"network disabled in this test: {host}")
-        return getaddrinfo(host, *args, **kwargs)
-
-    monkeypatch.setattr(socket.socket, "connect", guarded_connect)
-    monkeypatch.setattr(socket.socket, "connect_ex", guarded_connect_ex)
-    monkeypatch.setattr(socket, "getaddrinfo", guarded_getaddrinfo)
-    yield attempts
-    assert attempts == [], f"network was attempted: {attempts}"
+# Any connection or name lookup beyond loopback fails the test (tests/engine/conftest.py).
+pytestmark = pytest.mark.usefixtures("no_network")
 
 
 @pytest.fixture(scope="module")
