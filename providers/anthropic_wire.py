@@ -43,12 +43,14 @@ cache_read_input_tokens``), matching what OpenAI reports as ``prompt_tokens``.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 from typing import Any
 
 import orjson
 
 from providers import errors
+from providers._wire import invalid as _invalid
+from providers._wire import plain as _plain
+from providers._wire import type_name as _type_name
 from providers.canonical import (
     ChatRequest,
     ChatResponse,
@@ -117,26 +119,6 @@ _UNSUPPORTED_BLOCKS = {
     "web_search_tool_result": "server tools",
     "container_upload": "container uploads",
 }
-
-
-def _invalid(message: str, param: str | None) -> errors.InvalidRequest:
-    return errors.InvalidRequest(message, param=param)
-
-
-def _type_name(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__
 
 
 def _str(value: Any, param: str) -> str:
@@ -459,11 +441,6 @@ def _tool_id(call_id: str) -> str:
     if _ID_OK.fullmatch(call_id):
         return call_id
     return _ID_BAD_CHARS.sub("_", call_id) or "_"
-
-
-def _plain(value: Mapping[str, Any]) -> dict[str, Any]:
-    # orjson serialises dict but not other Mapping types.
-    return value if isinstance(value, dict) else dict(value)
 
 
 def encode_request(req: ChatRequest, model: str, *, default_max_tokens: int) -> dict[str, Any]:

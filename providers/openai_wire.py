@@ -42,6 +42,9 @@ from typing import Any, Literal
 import orjson
 
 from providers import errors
+from providers._wire import invalid as _invalid
+from providers._wire import plain as _plain
+from providers._wire import type_name as _type_name
 from providers.canonical import (
     ChatRequest,
     ChatResponse,
@@ -133,26 +136,6 @@ _UNSUPPORTED: dict[str, tuple[Callable[[Any], bool], str]] = {
 }
 
 _ROLES = "system, developer, user, assistant or tool"
-
-
-def _invalid(message: str, param: str | None) -> errors.InvalidRequest:
-    return errors.InvalidRequest(message, param=param)
-
-
-def _type_name(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__
 
 
 def _str(value: Any, param: str) -> str:
@@ -651,11 +634,6 @@ def encode_request(
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
     return body
-
-
-def _plain(value: Mapping[str, Any]) -> dict[str, Any]:
-    # orjson serialises dict but not other Mapping types.
-    return value if isinstance(value, dict) else dict(value)
 
 
 def _encode_parts(parts: tuple[Part, ...]) -> str | list[dict[str, Any]]:
