@@ -26,6 +26,8 @@ What a caller may rely on:
     is unknown and not counted against budgets.
   - ``fallback_ratio``: the share of served requests answered by a fallback is over
     ``fallback_ratio`` with at least ``min_requests`` requests measured.
+  - ``rollout:<release>:<halted|rolled_back>:<stage>:<time>``: a failing gate stopped a
+    rollout on its own (`raise_alert`, called by the rollout; severity ``critical``).
 
 - **The webhook receives each alert once.** `deliver` POSTs every undelivered alert of today and
   yesterday (so one raised just before midnight UTC is not lost), one POST per alert, oldest
@@ -81,7 +83,7 @@ __all__ = [
 
 log = logging.getLogger("routedeck.alerts")
 
-AlertKind = Literal["budget", "spend_rate", "unpriced", "fallback_ratio"]
+AlertKind = Literal["budget", "spend_rate", "unpriced", "fallback_ratio", "rollout"]
 Severity = Literal["info", "warning", "critical"]
 
 RETRY_BACKOFF_S = 0.5
@@ -279,6 +281,30 @@ class Alerts:
                 )
                 self._recent.appendleft(alert)
             return new
+
+    async def raise_alert(
+        self,
+        key: str,
+        kind: AlertKind,
+        severity: Severity,
+        message: str,
+        detail: dict[str, Any],
+    ) -> Alert | None:
+        """Raise one alert now (a gate halting a rollout), through the same once-per-day key,
+        store, log and webhook path as evaluated alerts; None when the key was raised today."""
+        async with self._evaluating:
+            now = self._clock()
+            day = day_of(now)
+            if day != self._day:
+                self._day, self._raised = day, set()
+            if key in self._raised:
+                return None
+            alert = Alert(key, kind, severity, message, detail, now, day)
+            self._raised.add(key)
+            await self._persist([alert])
+            log.log(_LOG_LEVELS[severity], "alert %s [%s]: %s", key, severity, message)
+            self._recent.appendleft(alert)
+            return alert
 
     async def _persist(self, alerts: list[Alert]) -> None:
         try:

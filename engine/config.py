@@ -21,7 +21,14 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_serializer,
+    model_validator,
+)
 
 Protocol = Literal["openai", "anthropic"]
 Capability = Literal["tools", "json", "vision", "streaming"]
@@ -115,6 +122,10 @@ class DeploymentConfig(_Section):
     p95_slo_ms: float | None = Field(default=None, gt=0)
     """Latency objective: the deployment shows as degraded while its p95 is above it."""
 
+    @field_serializer("capabilities")
+    def _sorted_capabilities(self, value: frozenset[str]) -> list[str]:
+        return sorted(value)
+
 
 Step = str | dict[str, float]
 
@@ -206,6 +217,11 @@ class PolicyConfig(_Section):
     safe_mode_tier: str | None = None
     """The tier safe mode sends every request to; default: the tier named "recovery", if any."""
 
+    @field_serializer("fallback_on")
+    def _sorted_triggers(self, value: frozenset[str]) -> list[str]:
+        # A set has no order; a stored or exported release must not change between processes.
+        return sorted(value)
+
     def safe_tier(self, tiers: Mapping[str, object]) -> str | None:
         if self.safe_mode_tier is not None:
             return self.safe_mode_tier
@@ -257,6 +273,61 @@ class AlertsConfig(_Section):
     """Alerts are POSTed here as JSON (retried, one delivery per alert per day)."""
     webhook_timeout_s: float = Field(default=5.0, gt=0)
     webhook_retries: int = Field(default=3, ge=0, le=10)
+
+
+class StageConfig(_Section):
+    name: str = Field(min_length=1)
+    percent: float = Field(ge=0, le=100)
+    """Share of traffic on the candidate at this stage. Tenants marked ``internal`` get the
+    candidate at every stage; a 0% stage is theirs alone (skipped when no tenant is internal)."""
+
+
+class GateConfig(_Section):
+    """The candidate passes while its figure is at most baseline * max_ratio + max_delta."""
+
+    max_ratio: float | None = Field(default=None, gt=0)
+    max_delta: float | None = Field(default=None, ge=0)
+    """In the signal's unit: milliseconds, a share (0.02 = 2 points) or dollars."""
+    min_samples: int = Field(default=50, ge=1)
+    """Judged requests each arm needs in the stage before the gate can pass or fail."""
+
+    @model_validator(mode="after")
+    def _margin(self) -> GateConfig:
+        if self.max_ratio is None and self.max_delta is None:
+            raise ValueError("a gate needs max_ratio, max_delta or both")
+        return self
+
+    def limit(self, baseline: float) -> float:
+        return baseline * (self.max_ratio or 1.0) + (self.max_delta or 0.0)
+
+
+DEFAULT_STAGES = (
+    StageConfig(name="internal", percent=0),
+    StageConfig(name="canary", percent=1),
+    StageConfig(name="5%", percent=5),
+    StageConfig(name="20%", percent=20),
+    StageConfig(name="full", percent=100),
+)
+
+
+class RolloutConfig(_Section):
+    stages: tuple[StageConfig, ...] = Field(default=DEFAULT_STAGES, min_length=2)
+    """In order; the last must be 100%: advancing into it promotes the candidate to baseline."""
+    on_fail: Literal["halt", "rollback"] = "halt"
+    """A failing gate halts the rollout (its traffic returns to the baseline until an operator
+    resumes or rolls back) or rolls it back at once."""
+    auto_advance: bool = False
+    """Advance on its own once every gate has passed for ``dwell_s`` in a stage."""
+    dwell_s: float = Field(default=600.0, ge=0)
+    """Time in a stage before an automatic advance."""
+    latency: GateConfig = GateConfig(max_ratio=1.25, max_delta=50)
+    """p95 latency in milliseconds."""
+    errors: GateConfig = GateConfig(max_delta=0.02)
+    """Error, 429 and timeout rates (each a share of requests; the worst decides)."""
+    fallback: GateConfig = GateConfig(max_delta=0.05)
+    """Share of successful requests served by a fallback."""
+    cost: GateConfig = GateConfig(max_ratio=1.2)
+    """Dollars per successful task, failed and fallback attempts included."""
 
 
 class RuleConfig(_Section):
@@ -319,6 +390,7 @@ class Config(_Section):
     policy: PolicyConfig = PolicyConfig()
     cache: CacheConfig = CacheConfig()
     alerts: AlertsConfig = AlertsConfig()
+    rollout: RolloutConfig = RolloutConfig()
 
     source: str = Field(default="<memory>", exclude=True)
     """Where the config came from; set by the loader, not by the file."""
@@ -407,6 +479,11 @@ def parse_config(text: str, *, source: str = "<memory>", base_dir: str = ".") ->
         raise ConfigError(
             source, [Problem("", f"not valid TOML: {exc}", "fix the syntax at that line")]
         ) from None
+    return config_from_data(data, source=source, base_dir=base_dir)
+
+
+def config_from_data(data: Mapping[str, Any], *, source: str, base_dir: str) -> Config:
+    """Validate parsed TOML (or equivalent data) into a `Config`; raises `ConfigError`."""
     try:
         config = Config.model_validate({**data, "source": source, "base_dir": base_dir})
     except ValidationError as exc:
@@ -553,6 +630,29 @@ def _cross_check(config: Config) -> list[Problem]:
                     "use values like 0.5, 0.8 and 1.0",
                 )
             )
+    stages = config.rollout.stages
+    names = [stage.name for stage in stages]
+    for i, stage in enumerate(stages):
+        if names.index(stage.name) != i:
+            problems.append(
+                Problem(f"rollout.stages[{i}].name", f"{stage.name!r} is used twice", "")
+            )
+        if i and stage.percent < stages[i - 1].percent:
+            problems.append(
+                Problem(
+                    f"rollout.stages[{i}].percent",
+                    f"{stage.percent:g}% is less than the stage before it",
+                    "a rollout only widens: give stages rising percentages",
+                )
+            )
+    if stages[-1].percent != 100:
+        problems.append(
+            Problem(
+                f"rollout.stages[{len(stages) - 1}].percent",
+                "the last stage must be 100%",
+                'end with { name = "full", percent = 100 }: reaching it promotes the release',
+            )
+        )
     hook = config.alerts.webhook_url
     if hook is not None and not hook.startswith(("http://", "https://")):
         problems.append(

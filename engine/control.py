@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from engine.breakers import Breakers
 from engine.budgets import BudgetExceeded
-from engine.config import Config
+from engine.config import Config, PolicyConfig
 from engine.metrics import Metrics
 from engine.pricing import PriceBook
 from engine.retry_budget import RetryBudget
@@ -113,6 +113,7 @@ class _Plan:
     chain: tuple[str, ...]
     deadline: Deadline
     attempts: Attempts
+    policy: PolicyConfig
     index: int = 0
     retries: dict[str, int] = field(default_factory=dict)
     skipped: list[tuple[str, str]] = field(default_factory=list)
@@ -169,7 +170,7 @@ class Controller:
         jittered backoff; otherwise moves down the chain (a context-length failure skips to the
         next larger window), passing over deployments whose breaker opened meanwhile. Every
         attempt after the first must come out of the retry budget."""
-        policy = self._config.policy
+        policy = plan.policy
         chain = plan.chain
         if err is None:
             return chain[0]
@@ -390,7 +391,13 @@ class Controller:
     async def complete(
         self, request: ChatRequest, route: Route, deadline: Deadline, attempts: Attempts
     ) -> ChatResponse:
-        plan = _Plan(route.chain, deadline, attempts, skipped=list(route.skipped))
+        plan = _Plan(
+            route.chain,
+            deadline,
+            attempts,
+            route.policy or self._config.policy,
+            skipped=list(route.skipped),
+        )
         self._budget.request(self._clock())
         err: ProviderError | None = None
         while (name := await self._next(plan, err)) is not None:
@@ -426,7 +433,13 @@ class Controller:
         self, request: ChatRequest, route: Route, deadline: Deadline, attempts: Attempts
     ) -> StreamHandle:
         """Try deployments until one produces its first event; nothing has reached the client yet."""
-        plan = _Plan(route.chain, deadline, attempts, skipped=list(route.skipped))
+        plan = _Plan(
+            route.chain,
+            deadline,
+            attempts,
+            route.policy or self._config.policy,
+            skipped=list(route.skipped),
+        )
         self._budget.request(self._clock())
         err: ProviderError | None = None
         while (name := await self._next(plan, err)) is not None:

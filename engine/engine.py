@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -28,7 +29,15 @@ from engine.alerts import Alert, AlertInputs, Alerts
 from engine.breakers import Breakers
 from engine.budgets import Budgets
 from engine.cache import ResponseCache
-from engine.commands import Command, CommandResult, Effect
+from engine.commands import (
+    Advance,
+    Command,
+    CommandResult,
+    EditTier,
+    Effect,
+    Rollback,
+    StartRollout,
+)
 from engine.config import Config, missing_secrets
 from engine.control import Controller
 from engine.metrics import Metrics
@@ -37,6 +46,7 @@ from engine.pipeline import Inbound, Pipeline, ResponseMeta, Session
 from engine.pricing import PriceBook
 from engine.quotas import Quotas
 from engine.retry_budget import RetryBudget
+from engine.rollout import Release, Rollouts
 from engine.routing import Router
 from engine.snapshot import AlertView, HealthState, Snapshot, SpendView, TenantSpendView
 from engine.tenants import KeyRing
@@ -47,6 +57,7 @@ from providers.sim import SimProfile, SimServer
 from state.store import Store
 
 ALERT_INTERVAL_S = 15.0
+log = logging.getLogger("routedeck.engine")
 
 
 class Engine:
@@ -83,6 +94,7 @@ class Engine:
         self.started_at = clock()
         self.sim: SimServer | None = None
         self._operator: Operator | None = None
+        self._rollouts: Rollouts | None = None
         self._stack = AsyncExitStack()
         self._store: Store | None = None
         self._controller: Controller | None = None
@@ -179,6 +191,17 @@ class Engine:
         self._stack.push_async_callback(_cancel, maintenance)
         self._operator = Operator(config, self._store, chaos=self._set_chaos if self.sim else None)
         await self._operator.load()
+        operator = self._operator
+        self._rollouts = Rollouts(
+            config,
+            self._store,
+            clock=self._clock,
+            audit=operator.audit.appendleft,
+            raise_alert=self._raise_rollout_alert,
+            on_baseline=self._on_baseline,
+        )
+        await self._rollouts.load()
+        self.warnings.extend(self._rollouts.warnings)
         self.state = "running"
         self._publish()
         publisher = asyncio.create_task(self._publisher(), name="routedeck-snapshots")
@@ -206,6 +229,26 @@ class Engine:
         else:
             self.sim.chaos.set(provider, **knobs)
 
+    def _on_baseline(self, release: Release) -> None:
+        """A release became the baseline: everything that reads routing follows it."""
+        self.config = release.config
+        self.router = release.router
+        if self._operator is not None:
+            self._operator.set_routing(release.config)
+
+    async def _raise_rollout_alert(
+        self, key: str, severity: str, message: str, detail: dict[str, Any]
+    ) -> None:
+        if self._alerts is not None:
+            await self._alerts.raise_alert(key, "rollout", "critical", message, detail)
+            await self._alerts.deliver()
+
+    @property
+    def rollouts(self) -> Rollouts:
+        if self._rollouts is None:
+            raise RuntimeError("the engine is not running; use `async with Engine(config)`")
+        return self._rollouts
+
     @property
     def operator(self) -> Operator:
         if self._operator is None:
@@ -228,13 +271,18 @@ class Engine:
 
     def preview(self, command: Command) -> Effect:
         """What ``command`` would do now, without doing it."""
+        if isinstance(command, StartRollout | EditTier | Advance | Rollback):
+            return self.rollouts.preview(command)
         return self.operator.preview(command, self._health())
 
     async def submit(self, command: Command, *, actor: str, reason: str = "") -> CommandResult:
         """Apply an operator command: audited and persisted before it takes effect."""
-        result = await self.operator.submit(
-            command, self._health(), actor=actor, reason=reason, now=self._clock()
-        )
+        if isinstance(command, StartRollout | EditTier | Advance | Rollback):
+            result = await self.rollouts.submit(command, actor=actor, reason=reason)
+        else:
+            result = await self.operator.submit(
+                command, self._health(), actor=actor, reason=reason, now=self._clock()
+            )
         self._publish()
         async with self._published:
             self._published.notify_all()
@@ -322,11 +370,11 @@ class Engine:
             drills_available=self.sim is not None,
             drills=self._operator.drill_views() if self._operator else (),
             audit=tuple(self._operator.audit) if self._operator else (),
-            release="config",
-            rollout=None,
+            release=self._rollouts.baseline.label if self._rollouts else "-",
+            rollout=self._rollouts.view(now) if self._rollouts else None,
             providers=m.provider_views(now, deployments, self.drained),
             deployments=deployments,
-            tiers=m.tier_views(now, by_name),
+            tiers=m.tier_views(now, by_name, self.config.tiers),
             fallback=m.fallback_view(now),
             tokens=m.token_view(now),
             recent=m.recent(),
@@ -368,9 +416,26 @@ class Engine:
         interval = self.config.server.snapshot_interval_s
         while True:
             await asyncio.sleep(interval)
+            await self.evaluate_rollout()
             self._publish()
             async with self._published:
                 self._published.notify_all()
+
+    async def evaluate_rollout(self) -> str | None:
+        """Let the gates act now (the engine also does it with every snapshot): halt or roll
+        back on a failing gate, advance after the dwell. Returns what happened, or None."""
+        if self._rollouts is None:
+            return None
+        try:
+            done = await self._rollouts.evaluate()
+        except Exception:
+            log.exception("evaluating the rollout's gates failed; trying again next snapshot")
+            return None
+        if done is not None:
+            self._publish()
+            async with self._published:
+                self._published.notify_all()
+        return done
 
     def _alert_inputs(self) -> AlertInputs:
         now = self._clock()

@@ -117,6 +117,7 @@ def meta_headers(meta: ResponseMeta, *, with_cost: bool) -> dict[str, str]:
         "x-routedeck-tier": meta.tier or "-",
         "x-routedeck-tier-reason": meta.tier_reason,
         "x-routedeck-arm": meta.arm,
+        "x-routedeck-release": meta.release,
         "x-routedeck-provider": meta.provider,
         "x-routedeck-deployment": meta.deployment,
         "x-routedeck-model": meta.model,
@@ -352,6 +353,7 @@ def create_app(engine: Engine, *, admin_token: str | None, host: str) -> Starlet
                     request.headers.get("x-routedeck-compliance"),
                 ),
                 cache=request.headers.get("x-routedeck-cache"),
+                user=request.headers.get("x-routedeck-user") or chat.user,
                 request_id=request_id,
             )
             try:

@@ -25,7 +25,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from engine.breakers import Breakers, BreakerView
-from engine.config import Config
+from engine.config import Config, TierConfig
+from engine.releases import format_mapping
 from engine.snapshot import (
     DeploymentView,
     FallbackView,
@@ -156,7 +157,7 @@ class Metrics:
             self.errors_total += 1
         if rec.deployment is not None:
             self._served.add(now)
-            tier = self._tiers.get(rec.tier or "")
+            tier = None if rec.tier is None else self._tier(rec.tier)
             if tier is not None:
                 tier.served.add(now)
                 counter = tier.by_deployment.get(rec.deployment)
@@ -360,13 +361,24 @@ class Metrics:
             )
         return tuple(views)
 
+    def _tier(self, name: str) -> _TierStats:
+        # A release may add a tier this process did not start with.
+        stats = self._tiers.get(name)
+        if stats is None:
+            stats = self._tiers[name] = _TierStats(self._size)
+        return stats
+
     def tier_views(
-        self, now: float, deployments: Mapping[str, DeploymentView]
+        self,
+        now: float,
+        deployments: Mapping[str, DeploymentView],
+        tiers: Mapping[str, TierConfig],
     ) -> tuple[TierView, ...]:
+        """The tiers of the baseline release (``tiers``), with their live shares."""
         w = self._window
         views = []
-        for name, tier in self._config.tiers.items():
-            stats = self._tiers[name]
+        for name, tier in tiers.items():
+            stats = self._tier(name)
             served = stats.served.total(now, w)
             steps = []
             for dep in tier.names:
@@ -391,6 +403,7 @@ class Metrics:
                         for d in tier.names
                         if deployments[d].state == "drained" or deployments[d].breaker == "open"
                     ),
+                    mapping=format_mapping(tier),
                 )
             )
         return tuple(views)

@@ -15,12 +15,12 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from engine.commands import (
-    Command,
     CommandResult,
     Drain,
     Drill,
     DrillKind,
     Effect,
+    OperatorCommand,
     SetSafeMode,
     Undrain,
     command_name,
@@ -56,6 +56,11 @@ class Operator:
         self.safe_tier = config.policy.safe_tier(config.tiers)
         self.drills: dict[str, DrillKind] = {}
         self.audit: deque[AuditView] = deque(maxlen=AUDIT_TAIL)
+
+    def set_routing(self, config: Config) -> None:
+        """A new baseline release: drain effects and safe mode follow its tiers from now on."""
+        self._config = config
+        self.safe_tier = config.policy.safe_tier(config.tiers)
 
     async def load(self) -> None:
         """Restore drains and safe mode from the store, forgetting names the config dropped."""
@@ -103,7 +108,7 @@ class Operator:
                 stranded.append(tier)
         return details, stranded
 
-    def preview(self, command: Command, health: Mapping[str, HealthState]) -> Effect:
+    def preview(self, command: OperatorCommand, health: Mapping[str, HealthState]) -> Effect:
         config = self._config
         match command:
             case Drain(target) | Undrain(target):
@@ -180,7 +185,7 @@ class Operator:
 
     async def submit(
         self,
-        command: Command,
+        command: OperatorCommand,
         health: Mapping[str, HealthState],
         *,
         actor: str,
@@ -249,7 +254,7 @@ _DRILL_TEXT: Mapping[str, str] = {
 }
 
 
-def _target(command: Command) -> str | None:
+def _target(command: OperatorCommand) -> str | None:
     match command:
         case Drain(t) | Undrain(t):
             return t

@@ -22,7 +22,15 @@ from engine.budgets import BudgetExceeded, Reservation
 from engine.cache import CacheDecision, replay
 from engine.control import Attempts, Deadline, RequestFailed, StreamHandle
 from engine.quotas import QuotaExceeded
-from engine.routing import ANYWHERE, Constraints, Route, RoutingError, tenant_constraints
+from engine.rollout import ARM_BASELINE, Release
+from engine.routing import (
+    ANYWHERE,
+    Constraints,
+    Route,
+    Router,
+    RoutingError,
+    tenant_constraints,
+)
 from engine.tenants import KeyRefused
 from engine.tokens import estimate_input_tokens
 from engine.trimming import transcript, trim, with_summary
@@ -43,7 +51,6 @@ from state.records import RequestRecord
 if TYPE_CHECKING:
     from engine.engine import Engine
 
-ARM_BASELINE = "baseline"
 SUMMARY_PROMPT = (
     "Summarise the conversation below in at most 80 words, keeping names, numbers, decisions "
     "and open questions. Reply with the summary only."
@@ -64,6 +71,9 @@ class Inbound:
     constraints: Constraints = ANYWHERE
     cache: str | None = None
     """The ``x-routedeck-cache`` header: on, off, refresh, or None."""
+    user: str | None = None
+    """The end user (``x-routedeck-user``, OpenAI ``user``, Anthropic ``metadata.user_id``):
+    a rollout keeps each user on one arm."""
     request_id: str = field(default_factory=new_request_id)
 
 
@@ -75,6 +85,8 @@ class ResponseMeta:
     tier: str | None
     tier_reason: str
     arm: str
+    release: str
+    """The release that routed the request, "r3"."""
     provider: str
     deployment: str
     model: str
@@ -96,6 +108,8 @@ class _Call:
     started_wall: float
     started: float
     tenant: str = "local"
+    arm: str = ARM_BASELINE
+    release: Release | None = None
     route: Route | None = None
     decision: CacheDecision | None = None
     cache_key: str | None = None
@@ -138,14 +152,19 @@ class Pipeline:
                 ),
             ) from None
         try:
-            call.route = self._route(request, call.tenant, inbound)
+            call.route = self._route(call)
         except RoutingError as exc:
             self._log(call, status=exc.status, outcome=exc.code, error=exc.message)
             raise
         return call
 
-    def _route(self, request: ChatRequest, tenant: str, inbound: Inbound) -> Route:
+    def _route(self, call: _Call) -> Route:
+        """Pick the call's release arm, then its route through that release's routing."""
         e = self._e
+        request, tenant, inbound = call.request, call.tenant, call.inbound
+        call.arm, call.release = e.rollouts.assign(
+            tenant, inbound.user, inbound.request_id, safe_mode=e.safe_mode
+        )
         constraints = inbound.constraints
         tenant_config = e.config.tenants.get(tenant)
         if tenant_config is not None:
@@ -153,7 +172,7 @@ class Pipeline:
                 tenant_constraints(tenant_config.regions, tenant_config.compliance)
             )
         now = e.clock()
-        return e.router.route(
+        return call.release.router.route(
             request,
             task=inbound.task,
             constraints=constraints,
@@ -176,8 +195,7 @@ class Pipeline:
 
     async def _apply_caps(self, call: _Call) -> None:
         assert call.route is not None
-        e = self._e
-        tier = e.router.tier_of(call.route)
+        tier = self._router(call).tier_of(call.route)
         request = call.request
         if tier.max_output_tokens is not None:
             wanted = request.max_tokens or tier.max_output_tokens
@@ -250,7 +268,8 @@ class Pipeline:
                 ),
             ) from None
         if call.decision.lookup or call.decision.store:
-            target = call.route.tier or call.route.chain[0]
+            assert call.release is not None
+            target = call.release.cache_target(call.route.tier, call.route.chain[0])
             call.cache_key = self._e.cache.key(call.request, tenant=call.tenant, target=target)
 
     def _reserve(self, call: _Call) -> None:
@@ -339,7 +358,7 @@ class Pipeline:
         assert call.route is not None
         try:
             response = await e.controller.complete(
-                call.request, call.route, self._deadline(call.route), call.attempts
+                call.request, call.route, self._deadline(call), call.attempts
             )
         except RequestFailed as exc:
             await self._settle(call, None)
@@ -361,7 +380,7 @@ class Pipeline:
             tenant=tenant,
         )
         try:
-            call.route = self._route(request, tenant, inbound)
+            call.route = self._route(call)
         except RoutingError as exc:
             self._log(call, status=exc.status, outcome=exc.code, error=exc.message)
             raise
@@ -382,7 +401,7 @@ class Pipeline:
         assert call.route is not None
         try:
             handle = await e.controller.open_stream(
-                call.request, call.route, self._deadline(call.route), call.attempts
+                call.request, call.route, self._deadline(call), call.attempts
             )
         except RequestFailed as exc:
             await self._settle(call, None)
@@ -413,8 +432,12 @@ class Pipeline:
         self._log(call, status=200, outcome="ok", error=None, cache="hit")
         return cached.response
 
-    def _deadline(self, route: Route) -> Deadline:
-        tier = self._e.router.tier_of(route)
+    def _router(self, call: _Call) -> Router:
+        return call.release.router if call.release is not None else self._e.router
+
+    def _deadline(self, call: _Call) -> Deadline:
+        assert call.route is not None
+        tier = self._router(call).tier_of(call.route)
         return Deadline(
             connect=tier.connect_timeout_s,
             first_token=tier.first_token_s,
@@ -432,7 +455,8 @@ class Pipeline:
             request_id=call.attempts.request_id,
             tier=call.route.tier,
             tier_reason=call.route.reason,
-            arm=ARM_BASELINE,
+            arm=call.arm,
+            release=self._release_label(call),
             provider=dep.provider,
             deployment=deployment,
             model=dep.model,
@@ -449,7 +473,8 @@ class Pipeline:
             request_id=call.attempts.request_id,
             tier=call.route.tier,
             tier_reason=call.route.reason,
-            arm=ARM_BASELINE,
+            arm=call.arm,
+            release=self._release_label(call),
             provider="cache",
             deployment="cache",
             model=response.model,
@@ -459,6 +484,9 @@ class Pipeline:
             cost_usd=0.0,
             trimmed_tokens=call.trimmed_tokens or 0,
         )
+
+    def _release_label(self, call: _Call) -> str:
+        return call.release.label if call.release is not None else "-"
 
     def _log(
         self, call: _Call, *, status: int, outcome: str, error: str | None, cache: str | None = None
@@ -478,7 +506,7 @@ class Pipeline:
             model_requested=call.request.model,
             tier=route.tier if route else None,
             tier_reason=route.reason if route else None,
-            arm=ARM_BASELINE,
+            arm=call.arm,
             deployment=served,
             provider=e.config.deployments[served].provider if served else None,
             stream=call.request.stream,
@@ -496,8 +524,10 @@ class Pipeline:
             task=call.inbound.task,
             trimmed_tokens=call.trimmed_tokens,
             saved_usd=call.saved_usd,
+            release=call.release.id if call.release is not None else None,
         )
         e.metrics.request_finished(rec, tuple(attempts.path), attempts.fallback_causes)
+        e.rollouts.observe(rec, attempts.fallback_causes)
         e.store.log_request(rec)
 
 

@@ -29,7 +29,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from engine.config import Config, DeploymentConfig, TierConfig
+from engine.config import Config, DeploymentConfig, PolicyConfig, TierConfig
 from engine.tokens import estimate_input_tokens
 from providers.canonical import ChatRequest, ImagePart
 
@@ -80,6 +80,8 @@ class Route:
     """(deployment, why it was left out of the chain)."""
     task: str | None = None
     input_tokens_estimate: int = 0
+    policy: PolicyConfig | None = None
+    """The fallback policy of the release that made the route (None: the engine's)."""
 
 
 Unavailable = Callable[[str], str]
@@ -209,7 +211,7 @@ class Router:
                         chain.append(dep_name)
         if not chain:
             raise _no_route(tier, name, skipped, kinds)
-        return Route(tier, reason, tuple(chain), tuple(skipped), task, estimate)
+        return Route(tier, reason, tuple(chain), tuple(skipped), task, estimate, config.policy)
 
     def _excluded(
         self,

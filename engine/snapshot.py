@@ -87,6 +87,9 @@ class TierView:
     fallback_ratio: float | None
     skipped: tuple[tuple[str, str], ...] = ()
     """Deployments out of this tier's rotation right now, with why (drained, breaker open)."""
+    mapping: str = ""
+    """The baseline's mapping in the console editor's syntax: ``a > b=3 + c=1 > d`` (steps in
+    fallback order separated by ``>``, a weighted step's deployments joined by ``+``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,12 +136,90 @@ class RequestView:
     """Deployments tried, in order; more than one means a fallback."""
 
 
+Verdict = Literal["passing", "failing", "waiting"]
+
+
+@dataclass(frozen=True, slots=True)
+class ArmSignals:
+    """One arm's four signals over the current stage. None: no sample yet (or no price)."""
+
+    requests: int
+    """Requests judged in this stage (cache hits and the client's own errors are not judged)."""
+    successes: int
+    p95_ms: float | None
+    error_rate: float | None
+    """Requests that failed, over judged requests."""
+    rate_429: float | None
+    """Requests that met a 429 on any attempt, over judged requests."""
+    timeout_rate: float | None
+    """Requests that met a timeout on any attempt, over judged requests."""
+    fallback_ratio: float | None
+    """Successful requests that a fallback served, over successful requests."""
+    cost_per_success_usd: float | None
+    """Every judged request's cost (failed and fallback attempts included) over successes."""
+
+
+@dataclass(frozen=True, slots=True)
+class GateView:
+    """Candidate against baseline on one signal."""
+
+    signal: str
+    """``latency`` (p95 ms), ``errors`` (the worst of error/429/timeout rate), ``fallback``
+    (fallback ratio) or ``cost`` (dollars per successful task)."""
+    verdict: Verdict
+    candidate: float | None
+    baseline: float | None
+    limit: float | None
+    """The most the candidate may show, given the baseline's figure and the configured margin."""
+    why: str
+    """One line: "p95 412 ms <= 540 ms" or "needs 50 candidate requests, has 12"."""
+
+
+@dataclass(frozen=True, slots=True)
+class StageView:
+    name: str
+    percent: float
+    """Share of traffic (besides internal tenants, who always get the candidate) on the
+    candidate, 0..100."""
+
+
 @dataclass(frozen=True, slots=True)
 class RolloutView:
-    """The release rollout; None in a snapshot while no rollout exists."""
+    """The release rollout in progress; None in a snapshot while no rollout exists."""
 
     release: str
+    """The candidate release, "r4"."""
     stage: str
+    """The current stage's name."""
+    baseline: str = ""
+    """The release the candidate is compared against, "r3"."""
+    note: str = ""
+    actor: str = ""
+    """Who started the rollout."""
+    state: Literal["running", "halted"] = "running"
+    """Halted: every request is back on the baseline until the rollout resumes or rolls back."""
+    state_reason: str = ""
+    stages: tuple[StageView, ...] = ()
+    stage_index: int = 0
+    stage_started_at: float = 0.0
+    target_percent: float = 0.0
+    """The stage's share of traffic on the candidate (0 while halted)."""
+    observed_share: float | None = None
+    """The share of this stage's judged requests (internal tenants aside) that the candidate
+    served."""
+    candidate: ArmSignals | None = None
+    baseline_signals: ArmSignals | None = None
+    gates: tuple[GateView, ...] = ()
+    can_advance: bool = False
+    """True when every gate passes: advancing needs no override."""
+    next_action: str = ""
+    """What the advance key does now: "advance to 5%", "promote r4 to baseline", "resume canary"."""
+    auto_advance_at: float | None = None
+    """When the rollout will advance on its own if the gates still pass; None when it will not."""
+    diff: tuple[str, ...] = ()
+    """The candidate's changes against the baseline, one line each."""
+    on_fail: str = "halt"
+    """What a failing gate does: ``halt`` or ``rollback``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,6 +301,7 @@ class Snapshot:
     audit: tuple[AuditView, ...]
     """The newest operator actions, newest first."""
     release: str
+    """The baseline release serving traffic, "r3"."""
     rollout: RolloutView | None
     providers: tuple[ProviderView, ...]
     deployments: tuple[DeploymentView, ...]

@@ -174,6 +174,54 @@ MIGRATIONS: tuple[Migration, ...] = (
         );
         """,
     ),
+    Migration(
+        4,
+        "releases and their rollouts",
+        """
+        -- Which release served each request (arm says whether it was the candidate).
+        ALTER TABLE requests ADD COLUMN release INTEGER;
+        CREATE INDEX requests_release ON requests (release, arm, started_at);
+
+        -- Versioned routing configs. Exactly one row has status 'baseline'; at most one is a
+        -- 'candidate' being rolled out. routing is the JSON of the routing sections (tiers,
+        -- aliases, tasks, classifier, policy); diff is a JSON list of lines against parent, the
+        -- baseline it was made against. The rollout's progress lives on the candidate's row so
+        -- that one UPDATE moves it.
+        CREATE TABLE releases (
+            id               INTEGER PRIMARY KEY AUTOINCREMENT,
+            created_at       REAL NOT NULL,
+            actor            TEXT NOT NULL,
+            note             TEXT NOT NULL,
+            source           TEXT NOT NULL,
+            routing          TEXT NOT NULL,
+            parent           INTEGER,
+            diff             TEXT NOT NULL,
+            status           TEXT NOT NULL,
+            emergency        INTEGER NOT NULL DEFAULT 0,
+            stage            TEXT,
+            stage_started_at REAL,
+            rollout_state    TEXT,
+            state_reason     TEXT,
+            salt             TEXT,
+            promoted_at      REAL,
+            ended_at         REAL
+        );
+        CREATE INDEX releases_status ON releases (status);
+
+        -- Every step of every rollout: started, advanced, halted, resumed, promoted,
+        -- rolled_back, emergency; detail holds the gate verdicts and the reason.
+        CREATE TABLE rollout_events (
+            id      INTEGER PRIMARY KEY AUTOINCREMENT,
+            release INTEGER NOT NULL,
+            at      REAL NOT NULL,
+            actor   TEXT NOT NULL,
+            event   TEXT NOT NULL,
+            stage   TEXT,
+            detail  TEXT NOT NULL DEFAULT '{}'
+        );
+        CREATE INDEX rollout_events_release ON rollout_events (release, at);
+        """,
+    ),
 )
 
 

@@ -65,3 +65,5 @@ class RequestRecord:
     """Input tokens removed by the tier's input cap, when it trimmed the conversation."""
     saved_usd: float | None = None
     """For a cache hit: what the answer cost when it was first made."""
+    release: int | None = None
+    """The release that routed the request (``arm`` says whether it was the candidate)."""

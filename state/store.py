@@ -364,6 +364,13 @@ class Store:
         """
         await self._submit(((sql, params),))
 
+    async def insert(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Run one INSERT in its own transaction like ``write``; return the new row's id."""
+        rowid = await self._submit(((sql, params),))
+        if rowid is None:
+            raise StateError(f"The row was written to {self._path} but got no id.")
+        return rowid
+
     async def write_many(self, statements: Sequence[Statement]) -> None:
         """Run statements in order in ONE transaction: all are committed, or none and it raises.
 
