@@ -10,6 +10,7 @@
     routedeck drain|undrain TARGET [--url U]                     operator commands on a running engine
     routedeck safe-mode on|off [--url U]
     routedeck keys create --tenant T [--name N] | list | revoke ID [--url U]
+    routedeck rollout status | start --config F | edit TIER MAPPING | advance | rollback | export
 
 The config comes from ``--config``, else ``$ROUTEDECK_CONFIG``, else ``./routedeck.toml``.
 Exit codes: 0 success, 1 runtime failure, 2 bad usage or a bad config.
@@ -26,6 +27,7 @@ from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
+from console import rollout_cli
 from engine.config import (
     Config,
     ConfigError,
@@ -306,6 +308,8 @@ def _parser() -> argparse.ArgumentParser:
     safe.add_argument("state", choices=["on", "off"])
     operator_args(safe)
 
+    rollout_cli.add_parser(sub, operator_args)
+
     serve = sub.add_parser("serve", help="run the proxy headless")
     config_args(serve, demo=True)
     serve.add_argument("--host", help="address to listen on (default: [server] host)")
@@ -342,6 +346,7 @@ VERBS = frozenset(
         "undrain",
         "safe-mode",
         "keys",
+        "rollout",
         "report",
         "serve",
         "sim",

@@ -13,6 +13,18 @@ Routes:
 - ``POST /admin/commands`` — apply a command (``{"command": "drain", "target": "sim-fast",
   "actor": "...", "reason": "..."}``, see `engine.commands`); 200 when applied, 409 when refused.
 - ``GET /admin/audit?limit=N`` — the newest audit entries, oldest first.
+- ``GET /admin/rollout`` — the baseline, the rollout in progress (a `RolloutView`, or null)
+  and the newest releases with their rollout events. Rollouts are driven with commands:
+  ``rollout_start`` (``toml``, ``note``, ``emergency``), ``edit_tier`` (``tier``, ``mapping``),
+  ``advance`` (``override``) and ``rollback``, each with a ``reason``.
+- ``GET /admin/export?routing_only=1`` — the config with the baseline release's routing, as
+  TOML (``text/plain``), to write back to the config file.
+- ``GET /admin/rollout`` — the baseline, the rollout in progress (a `RolloutView`, or null)
+  and the newest releases with their rollout events. Rollouts are driven with commands:
+  ``rollout_start`` (``toml``, ``note``, ``emergency``), ``edit_tier`` (``tier``, ``mapping``),
+  ``advance`` (``override``) and ``rollback``, each with a ``reason``.
+- ``GET /admin/export?routing_only=1`` — the config with the baseline release's routing, as
+  TOML (``text/plain``), to write back to the config file.
 - ``GET /admin/keys``, ``POST /admin/keys`` (``{"tenant": ..., "name": ...}``; the answer holds
   the key, shown this once), ``POST /admin/keys/{id}/revoke`` — virtual API keys.
 
@@ -49,6 +61,7 @@ from engine.commands import Command, CommandError, command_from_dict
 from engine.control import RequestFailed
 from engine.engine import Engine
 from engine.pipeline import Inbound, ResponseMeta, Session, new_request_id
+from engine.releases import export_toml
 from engine.routing import RoutingError, constraints_from
 from engine.tenants import TENANT_LOCAL, ApiKey
 from providers import anthropic_wire, openai_wire
@@ -489,6 +502,64 @@ def create_app(engine: Engine, *, admin_token: str | None, host: str) -> Starlet
             return _json({"error": {"message": "limit must be a whole number"}}, 400)
         return _json({"entries": await engine.store.fetch_audit(max(1, min(limit, 10_000)))})
 
+    async def admin_rollout(request: Request) -> Response:
+        denied = admin_denied(request)
+        if denied is not None:
+            return denied
+        rollouts = engine.rollouts
+        view = rollouts.view(engine.clock())
+        return _json(
+            {
+                "baseline": rollouts.baseline.label,
+                "rollout": dataclasses.asdict(view) if view is not None else None,
+                "releases": await rollouts.history(20),
+            }
+        )
+
+    async def admin_export(request: Request) -> Response:
+        denied = admin_denied(request)
+        if denied is not None:
+            return denied
+        baseline = engine.rollouts.baseline
+        routing_only = request.query_params.get("routing_only", "") in ("1", "true", "yes")
+        header = (
+            f"routedeck config exported from release {baseline.label} (the baseline), "
+            f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(engine.clock()))}.\n"
+            + (f"Release note: {baseline.note}\n" if baseline.note else "")
+            + "Defaults are left out; config.example.toml documents every key."
+        )
+        text = export_toml(baseline.config, header=header, routing_only=routing_only)
+        return Response(text, media_type="text/plain; charset=utf-8")
+
+    async def admin_rollout(request: Request) -> Response:
+        denied = admin_denied(request)
+        if denied is not None:
+            return denied
+        rollouts = engine.rollouts
+        view = rollouts.view(engine.clock())
+        return _json(
+            {
+                "baseline": rollouts.baseline.label,
+                "rollout": dataclasses.asdict(view) if view is not None else None,
+                "releases": await rollouts.history(20),
+            }
+        )
+
+    async def admin_export(request: Request) -> Response:
+        denied = admin_denied(request)
+        if denied is not None:
+            return denied
+        baseline = engine.rollouts.baseline
+        routing_only = request.query_params.get("routing_only", "") in ("1", "true", "yes")
+        header = (
+            f"routedeck config exported from release {baseline.label} (the baseline), "
+            f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(engine.clock()))}.\n"
+            + (f"Release note: {baseline.note}\n" if baseline.note else "")
+            + "Defaults are left out; config.example.toml documents every key."
+        )
+        text = export_toml(baseline.config, header=header, routing_only=routing_only)
+        return Response(text, media_type="text/plain; charset=utf-8")
+
     def key_json(key: ApiKey) -> dict[str, Any]:
         return {
             "id": key.id,
@@ -590,6 +661,10 @@ def create_app(engine: Engine, *, admin_token: str | None, host: str) -> Starlet
             Route("/admin/preview", admin_preview, methods=["POST"]),
             Route("/admin/commands", admin_command, methods=["POST"]),
             Route("/admin/audit", admin_audit, methods=["GET"]),
+            Route("/admin/rollout", admin_rollout, methods=["GET"]),
+            Route("/admin/export", admin_export, methods=["GET"]),
+            Route("/admin/rollout", admin_rollout, methods=["GET"]),
+            Route("/admin/export", admin_export, methods=["GET"]),
             Route("/admin/keys", admin_keys, methods=["GET", "POST"]),
             Route("/admin/keys/{key_id}/revoke", admin_revoke, methods=["POST"]),
         ],

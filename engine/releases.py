@@ -210,8 +210,8 @@ def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
         path = f"{prefix}.{key}" if prefix else str(key)
         if prefix.startswith("tiers.") and prefix.count(".") == 1 and key == "deployments":
             out[prefix] = format_mapping(TierConfig(deployments=tuple(value)))
-        elif isinstance(value, dict) and value:
-            out.update(_flatten(value, path))
+        elif isinstance(value, dict):
+            out.update(_flatten(value, path))  # an empty table adds nothing to compare
         else:
             out[path] = json.dumps(value, ensure_ascii=False)
     return out

@@ -417,8 +417,15 @@ class Rollouts:
         diff = diff_routing(old, routing) if old is not None else []
         rid = await self._store.insert(
             "INSERT INTO releases (created_at, actor, note, source, routing, parent, diff, "
-            "status, emergency) VALUES (?, 'config', ?, 'config', ?, ?, ?, 'proposed', 1)",
-            (now, f"from {self._file_config.source}: {why}", _json(routing), previous, _json(diff)),
+            "status, emergency) VALUES (?, 'config', ?, 'config', ?, ?, ?, 'proposed', ?)",
+            (
+                now,
+                f"from {self._file_config.source}: {why}",
+                _json(routing),
+                previous,
+                _json(diff),
+                int(previous is not None),  # a changed file skipped the stages
+            ),
         )
         if previous is not None:  # a first start is not a change; a new config file is
             await self._write_audit(
