@@ -531,35 +531,6 @@ def create_app(engine: Engine, *, admin_token: str | None, host: str) -> Starlet
         text = export_toml(baseline.config, header=header, routing_only=routing_only)
         return Response(text, media_type="text/plain; charset=utf-8")
 
-    async def admin_rollout(request: Request) -> Response:
-        denied = admin_denied(request)
-        if denied is not None:
-            return denied
-        rollouts = engine.rollouts
-        view = rollouts.view(engine.clock())
-        return _json(
-            {
-                "baseline": rollouts.baseline.label,
-                "rollout": dataclasses.asdict(view) if view is not None else None,
-                "releases": await rollouts.history(20),
-            }
-        )
-
-    async def admin_export(request: Request) -> Response:
-        denied = admin_denied(request)
-        if denied is not None:
-            return denied
-        baseline = engine.rollouts.baseline
-        routing_only = request.query_params.get("routing_only", "") in ("1", "true", "yes")
-        header = (
-            f"routedeck config exported from release {baseline.label} (the baseline), "
-            f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(engine.clock()))}.\n"
-            + (f"Release note: {baseline.note}\n" if baseline.note else "")
-            + "Defaults are left out; config.example.toml documents every key."
-        )
-        text = export_toml(baseline.config, header=header, routing_only=routing_only)
-        return Response(text, media_type="text/plain; charset=utf-8")
-
     def key_json(key: ApiKey) -> dict[str, Any]:
         return {
             "id": key.id,
@@ -661,8 +632,6 @@ def create_app(engine: Engine, *, admin_token: str | None, host: str) -> Starlet
             Route("/admin/preview", admin_preview, methods=["POST"]),
             Route("/admin/commands", admin_command, methods=["POST"]),
             Route("/admin/audit", admin_audit, methods=["GET"]),
-            Route("/admin/rollout", admin_rollout, methods=["GET"]),
-            Route("/admin/export", admin_export, methods=["GET"]),
             Route("/admin/rollout", admin_rollout, methods=["GET"]),
             Route("/admin/export", admin_export, methods=["GET"]),
             Route("/admin/keys", admin_keys, methods=["GET", "POST"]),
