@@ -56,8 +56,10 @@ class Drill:
 @dataclass(frozen=True, slots=True)
 class StartRollout:
     toml: str
-    """The candidate's routing as TOML: a whole config file or just its routing sections
-    (``tiers``, ``aliases``, ``tasks``, ``classifier``, ``policy``); other sections are ignored."""
+    """The candidate's routing as TOML: a whole config file or just some of its routing
+    sections (``tiers``, ``aliases``, ``tasks``, ``classifier``, ``policy``). A section in the
+    file replaces the baseline's whole section; one it leaves out stays as the baseline has it.
+    Other sections are not part of a release and are not used."""
     note: str = ""
     emergency: bool = False
     source: str = "api"

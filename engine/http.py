@@ -19,12 +19,6 @@ Routes:
   ``advance`` (``override``) and ``rollback``, each with a ``reason``.
 - ``GET /admin/export?routing_only=1`` — the config with the baseline release's routing, as
   TOML (``text/plain``), to write back to the config file.
-- ``GET /admin/rollout`` — the baseline, the rollout in progress (a `RolloutView`, or null)
-  and the newest releases with their rollout events. Rollouts are driven with commands:
-  ``rollout_start`` (``toml``, ``note``, ``emergency``), ``edit_tier`` (``tier``, ``mapping``),
-  ``advance`` (``override``) and ``rollback``, each with a ``reason``.
-- ``GET /admin/export?routing_only=1`` — the config with the baseline release's routing, as
-  TOML (``text/plain``), to write back to the config file.
 - ``GET /admin/keys``, ``POST /admin/keys`` (``{"tenant": ..., "name": ...}``; the answer holds
   the key, shown this once), ``POST /admin/keys/{id}/revoke`` — virtual API keys.
 
@@ -32,7 +26,7 @@ With an admin token configured (``[server] admin_token_env``) the admin routes r
 ``Authorization: Bearer <token>``; without one they exist only when the server is bound to
 loopback.
 
-Every proxied response carries ``x-routedeck-*`` headers (request id, tier, tier reason, arm,
+Every proxied response carries ``x-routedeck-*`` headers (request id, tier, tier reason, arm, release,
 provider, deployment, model, attempts, fallback path, cache, cost). Every error is in the inbound
 API's own error shape, with a status the official SDKs understand and a message that says what
 to do; no request ever gets a traceback.

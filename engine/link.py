@@ -146,6 +146,7 @@ class RemoteLink:
             details=tuple(data["details"]),
             stranded_tiers=tuple(data["stranded_tiers"]),
             confirm_text=data["confirm_text"],
+            needs_reason=bool(data.get("needs_reason", False)),
         )
 
     async def submit(self, command: Command, *, actor: str, reason: str = "") -> CommandResult:

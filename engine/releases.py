@@ -93,7 +93,8 @@ def with_routing(config: Config, routing: Mapping[str, Any], *, source: str) -> 
 
 
 def routing_from_toml(text: str, config: Config, *, source: str) -> Routing:
-    """The routing sections of a TOML file: a whole config file or just its routing sections.
+    """``config``'s routing with the routing sections a TOML file has (a whole config file or
+    just some sections): each section in the file replaces ``config``'s, the others stay.
 
     Sections other than routing are not part of a release and are not used; a deployment the
     file defines but the running config does not is pointed out, since a release cannot add it.
@@ -111,14 +112,15 @@ def routing_from_toml(text: str, config: Config, *, source: str) -> Routing:
             close = difflib.get_close_matches(key, sorted(known), n=1)
             hint = f"did you mean `{close[0]}`? " if close else ""
             problems.append(Problem(key, "unknown key", hint + "releases use " + _sections()))
-    routing = {k: v for k, v in data.items() if k in ROUTING_SECTIONS}
-    if not routing and not problems:
+    sections = {k: v for k, v in data.items() if k in ROUTING_SECTIONS}
+    if not sections and not problems:
         problems.append(
             Problem("", "has no routing section", f"a release needs one of {_sections()}")
         )
     if problems:
         raise ConfigError(source, problems)
     new_deployments = sorted(set(data.get("deployments") or ()) - set(config.deployments))
+    routing = {**routing_of(config), **sections}
     try:
         with_routing(config, routing, source=source)
     except ConfigError as exc:

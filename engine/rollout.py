@@ -176,7 +176,9 @@ class ArmStats:
         if rec.outcome == "ok":
             self.successes += 1
             self.fallbacks += rec.fallback
-            self._latency(rec.latency_ms)
+            # What the user waits for: the answer, or a stream's first token.
+            waited = rec.ttft_ms if rec.stream and rec.ttft_ms is not None else rec.latency_ms
+            self._latency(waited)
         else:
             self.failures += 1
         if rec.outcome == "429" or "429" in causes:
@@ -678,8 +680,8 @@ class Rollouts:
         baseline = self.baseline
         config = self._file_config
         if isinstance(command, StartRollout):
-            # Sections the file leaves out take their defaults, as in a config file.
-            routing = routing_from_toml(command.toml, config, source="the candidate")
+            # A section the file has replaces the baseline's; one it leaves out is kept.
+            routing = routing_from_toml(command.toml, baseline.config, source="the candidate")
             return routing_of(with_routing(config, routing, source="the candidate"))
         if command.tier not in baseline.config.tiers:
             raise ValueError(f"no tier {command.tier!r}; tiers: {', '.join(baseline.config.tiers)}")

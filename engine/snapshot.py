@@ -147,6 +147,8 @@ class ArmSignals:
     """Requests judged in this stage (cache hits and the client's own errors are not judged)."""
     successes: int
     p95_ms: float | None
+    """p95 of what successful requests waited for: the whole answer, or a stream's first token
+    (a stream's length depends on the answer, not on the release)."""
     error_rate: float | None
     """Requests that failed, over judged requests."""
     rate_429: float | None

@@ -46,6 +46,7 @@ DEMO_TASKS: tuple[TaskType, ...] = (
     TaskType("reasoning", "o3", 5, "Plan the migration of service {n} step by step.", 400),
 )
 DEMO_TENANTS: tuple[str, ...] = ("acme", "globex", "initech")
+_USERS = 300
 
 
 @dataclass(slots=True)
@@ -99,7 +100,12 @@ class TrafficGenerator:
         task = rng.choices(self._tasks, weights=[t.weight for t in self._tasks])[0]
         tenant = rng.choice(self._tenants)
         stream = rng.random() < self._stream_share
-        headers = {"x-routedeck-task": task.name, "authorization": f"Bearer demo-{tenant}"}
+        headers = {
+            "x-routedeck-task": task.name,
+            "authorization": f"Bearer demo-{tenant}",
+            # End users, so that a rollout keeps each on one arm as it would in production.
+            "x-routedeck-user": f"{tenant}-user-{rng.randrange(_USERS)}",
+        }
         # Classifications repeat (a small set of tickets) at temperature 0, so the cache answers
         # some of them, as it would in production.
         deterministic = task.name == "classification"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -136,3 +137,80 @@ def test_operator_cli_changes_a_running_engine(
     assert "every request goes to tier recovery" in capsys.readouterr().out
     assert main(["undrain", "sim-fast", "--url", "http://127.0.0.1:9"]) == 1
     assert "cannot reach routedeck" in capsys.readouterr().err
+
+
+def test_rollout_cli_steps_a_release_on_a_running_engine(
+    demo: tuple[str, subprocess.Popen[str], Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from console.cli import main
+    from engine.config import parse_config
+
+    url, _, cwd = demo
+    ops = ["--url", url, "--actor", "ops"]
+    assert main(["rollout", "status", *ops]) == 0
+    assert "no rollout in progress" in capsys.readouterr().out
+
+    # A release from a TOML file: each section it has replaces the baseline's whole section.
+    candidate = cwd / "candidate.toml"
+    candidate.write_text('[tiers.low]\ndeployments = ["local-llama", "fast-mini"]\n')
+    assert main(["rollout", "start", "--config", str(candidate), "--note", "low local", *ops]) == 1
+    err = capsys.readouterr().err  # without [tiers.medium], which the demo's aliases name
+    assert "refused: not a valid release" in err and "unknown tier or deployment 'medium'" in err
+    assert (
+        main(["rollout", "edit", "low", "local-llama > fast-mini", "--note", "cheaper", *ops]) == 0
+    )
+    out = capsys.readouterr().out
+    assert out.startswith("starts a new release at stage canary (10%)")
+    assert "started r2 at stage canary" in out and "internal skipped" in out
+
+    assert main(["rollout", "status", *ops]) == 0
+    out = capsys.readouterr().out
+    assert "rollout: r2 against r1 — RUNNING" in out
+    assert "[canary (10%)]" in out and "tiers.low: fast-mini > local-llama > balanced-sonnet" in out
+    assert main(["rollout", "status", "--json", *ops]) == 0
+    body = json.loads(capsys.readouterr().out)
+    assert body["rollout"]["stage"] == "canary" and body["releases"][0]["id"] == 2
+
+    # Gates are waiting for data: advancing needs an override, a reason and the typed word.
+    assert main(["rollout", "advance", *ops]) == 1
+    assert "gates do not pass" in capsys.readouterr().err
+    assert main(["rollout", "advance", "--override", *ops]) == 2
+    assert "needs a reason" in capsys.readouterr().err
+    assert main(["rollout", "advance", "--override", "--reason", "demo", *ops]) == 1
+    assert "pass --confirm override" in capsys.readouterr().err
+    args = ["rollout", "advance", "--override", "--reason", "demo", "--confirm", "override"]
+    assert main([*args, *ops]) == 0
+    assert "advanced r2 to 25% (25%) with an override" in capsys.readouterr().out
+
+    assert main(["rollout", "rollback", "--reason", "enough", *ops]) == 0
+    assert "rolled back r2 at 25%" in capsys.readouterr().out
+
+    emergency = ["rollout", "edit", "low", "local-llama", "--emergency", "--reason", "INC-1"]
+    assert main([*emergency, "--confirm", "emergency", *ops]) == 0
+    assert "emergency: r3 replaces r1" in capsys.readouterr().out
+    with httpx.Client(base_url=url) as http:
+        r = http.post(
+            "/v1/chat/completions",
+            json={"model": "low", "messages": [{"role": "user", "content": "x"}]},
+        )
+        assert (r.headers["x-routedeck-deployment"], r.headers["x-routedeck-release"]) == (
+            "local-llama",
+            "r3",
+        )
+        actions = [
+            (e["actor"], e["action"], e["target"])
+            for e in http.get("/admin/audit").json()["entries"]
+        ]
+    # Refused at the preview, the first advances were never submitted.
+    assert actions[-4:] == [
+        ("ops", "rollout_start", "r2"),
+        ("ops", "advance", "r2"),
+        ("ops", "rollback", "r2"),
+        ("ops", "emergency_change", "r3"),
+    ]
+
+    out_file = cwd / "exported.toml"
+    assert main(["rollout", "export", "--out", str(out_file), *ops]) == 0
+    exported = parse_config(out_file.read_text())
+    assert exported.tiers["low"].deployments == ("local-llama",)
+    assert exported.tiers["medium"].deployments == ("balanced-sonnet", "fast-mini")
