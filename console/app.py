@@ -14,14 +14,21 @@ Every change follows the same path: a key from `console.bindings` → an ``actio
 ``link.preview`` → a `ConfirmScreen` that states the effect → ``link.submit`` → a toast, and
 the audit line arrives with the next snapshot. Read-only mode hides and refuses every
 dangerous action; drill keys exist only in demo mode.
+
+Releases take the same path. ``m`` opens the `EditTierScreen`, which stays open under the
+confirmation and shows the engine's refusal (a bad mapping) with the text as typed. ``a``
+advances the rollout; when the engine refuses because a gate does not pass, the confirmation
+becomes the override: it says which gate and asks for the typed word and a reason, as an
+emergency change does. ``b`` rolls back.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Callable, Iterable
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from textual import on, work
 from textual.app import App, ComposeResult, SystemCommand
@@ -34,6 +41,7 @@ from textual.widgets import DataTable, Footer
 from console import bindings
 from console.bindings import KeySpec
 from console.screens.confirm import ConfirmScreen
+from console.screens.edit_tier import EditTierScreen
 from console.screens.help import HelpScreen
 from console.widgets.alerts_pane import AlertsPane
 from console.widgets.audit_table import AuditTable
@@ -47,15 +55,20 @@ from console.widgets.tail_pane import TailPane
 from console.widgets.tier_pane import TierPane
 from engine.commands import (
     DRILL_KINDS,
+    Advance,
     Command,
     CommandError,
     Drain,
     Drill,
+    EditTier,
+    Effect,
+    Rollback,
     SetSafeMode,
+    StartRollout,
     Undrain,
 )
 from engine.link import EngineLink, LinkError
-from engine.snapshot import Snapshot
+from engine.snapshot import RolloutView, Snapshot
 
 REFRESH_RATES = (0.25, 0.5, 1.0, 2.0)
 """Seconds between renders that ``r`` cycles through."""
@@ -84,6 +97,7 @@ class RouteDeckApp(App[None]):
     freshness: var[Freshness | None] = var(None)
     refresh_interval: var[float] = var(0.5)
 
+    _body: Grid
     _providers: ProviderTable
     _tail: TailPane
     _command_line: CommandLine
@@ -145,13 +159,13 @@ class RouteDeckApp(App[None]):
         self._command_line = CommandLine(self._command_hint())
         # The grid places panes in this order in every layout (app.tcss); spend and alerts
         # come before rollout so that their row spans leave no hole.
-        with Grid(id="body"):
+        with Grid(id="body") as self._body:
             yield self._providers.data_bind(RouteDeckApp.snapshot)
             yield TierPane().data_bind(RouteDeckApp.snapshot)
             yield FallbackPane().data_bind(RouteDeckApp.snapshot)
             yield SpendPane().data_bind(RouteDeckApp.snapshot)
             yield AlertsPane().data_bind(RouteDeckApp.snapshot)
-            yield RolloutPane().data_bind(RouteDeckApp.snapshot)
+            yield RolloutPane(read_only=self._read_only).data_bind(RouteDeckApp.snapshot)
             yield self._tail.data_bind(RouteDeckApp.snapshot)
             yield AuditTable().data_bind(RouteDeckApp.snapshot)
         yield self._command_line
@@ -213,7 +227,9 @@ class RouteDeckApp(App[None]):
         """Seconds without a snapshot after which the header says the data is stale."""
         return max(STALE_AFTER_MIN_S, STALE_AFTER_INTERVALS * self.refresh_interval)
 
-    def watch_snapshot(self) -> None:
+    def watch_snapshot(self, snapshot: Snapshot | None) -> None:
+        # A rollout in progress takes room from the spend table where the layout has it.
+        self._body.set_class(snapshot is not None and snapshot.rollout is not None, "-rollout")
         self._refresh_possible()
 
     def watch_paused(self, paused: bool) -> None:
@@ -237,6 +253,10 @@ class RouteDeckApp(App[None]):
             return snapshot is not None and snapshot.safe_mode_tier is not None
         if action == "drain":
             return snapshot is not None and target is not None
+        if action in ("advance", "rollback"):
+            return snapshot is not None and snapshot.rollout is not None
+        if action == "edit_tier":
+            return snapshot is not None and bool(snapshot.tiers)
         if action == "drill":
             return (
                 snapshot is not None
@@ -277,7 +297,7 @@ class RouteDeckApp(App[None]):
         """Every registry entry with why it is unavailable here (None when it is available)."""
         return [(spec, self._unavailable(spec)) for spec in bindings.REGISTRY]
 
-    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+    def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
         for spec in bindings.REGISTRY:
             if spec.key is None or spec.id in ("command", "back"):
@@ -335,8 +355,36 @@ class RouteDeckApp(App[None]):
         if target is not None:
             self._drill(target.provider, kind)
 
+    def action_edit_tier(self) -> None:
+        self.edit_tier()
+
+    def action_advance(self) -> None:
+        self.operate(Advance())
+
+    def action_rollback(self) -> None:
+        self.operate(Rollback())
+
     async def action_quit(self) -> None:
         self._confirm_quit()
+
+    def edit_tier(self, tier: str | None = None) -> None:
+        """Open the tier editor on ``tier`` (the first tier when None)."""
+        if self._read_only:
+            self.notify("read-only: this console does not change the engine", severity="error")
+            return
+        snapshot = self.snapshot
+        if snapshot is None or not snapshot.tiers:
+            self.notify("no tiers to edit yet: waiting for the engine", severity="warning")
+            return
+        names = [t.name for t in snapshot.tiers]
+        if tier is not None and tier not in names:
+            self.notify(f"no tier {tier!r}; tiers: {', '.join(names)}", severity="error")
+            return
+        self.push_screen(EditTierScreen(snapshot.tiers, tier), lambda _: self._show_latest())
+
+    @on(EditTierScreen.Proposed)
+    def _tier_edited(self, event: EditTierScreen.Proposed) -> None:
+        self.operate(event.command, editor=event.editor)
 
     def _toggle_drain(self, name: str) -> None:
         drained = self.snapshot is not None and name in self.snapshot.drained
@@ -385,6 +433,12 @@ class RouteDeckApp(App[None]):
                 self.operate(Undrain(target))
             case ("safe_mode", ["on" | "off" as state]):
                 self.operate(SetSafeMode(state == "on"))
+            case ("edit_tier", [] | [_] as tier):
+                self.edit_tier(*tier)
+            case ("advance", []):
+                self.operate(Advance())
+            case ("rollback", []):
+                self.operate(Rollback())
             case ("drill", [provider, kind]):
                 self._drill(provider, kind)
             case ("quit", []):
@@ -417,18 +471,26 @@ class RouteDeckApp(App[None]):
 
     # Not exclusive: a second operation must never cancel one whose submit is in flight.
     @work(group="operate")
-    async def operate(self, command: Command) -> None:
-        """Preview ``command``, ask for confirmation (drills skip it), submit, toast the result."""
+    async def operate(self, command: Command, *, editor: EditTierScreen | None = None) -> None:
+        """Preview ``command``, ask for confirmation (drills skip it), submit, toast the result.
+
+        ``editor``: the tier editor the command comes from; it stays open under the
+        confirmation, shows a refusal, and closes once the engine took the change.
+        """
         if self._read_only:
             self.notify("read-only: this console does not change the engine", severity="error")
             return
-        title, confirm_label = _describe(command)
+        title, _ = self._describe(command)
         try:
+            reason = ""
             if not isinstance(command, Drill):
                 effect = await self._link.preview(command)
+                if not effect.allowed and command == Advance():
+                    command, effect = await self._override(effect)
                 if not effect.allowed:
-                    self.notify(effect.summary, title=title, severity="warning")
+                    self._refused(title, effect.summary, editor)
                     return
+                title, confirm_label = self._describe(command)
                 confirmed = await self.push_screen_wait(
                     ConfirmScreen(
                         title,
@@ -437,16 +499,46 @@ class RouteDeckApp(App[None]):
                         confirm_label=confirm_label,
                         stranded_tiers=effect.stranded_tiers,
                         confirm_text=effect.confirm_text,
+                        warning=_why_typed(command),
+                        needs_reason=effect.needs_reason,
                     )
                 )
                 self._show_latest()
-                if not confirmed:
+                if confirmed is None:
+                    if editor is not None:
+                        editor.resume()
                     return
-            result = await self._link.submit(command, actor=self._actor)
+                reason = confirmed
+            result = await self._link.submit(command, actor=self._actor, reason=reason)
         except (LinkError, CommandError) as exc:
-            self.notify(str(exc), title=title, severity="error", timeout=10)
+            self._refused(title, str(exc), editor)
             return
         self.notify(result.message, title=title, severity="information" if result.ok else "error")
+        if editor is not None:
+            if not result.ok:
+                editor.refuse(result.message)
+            elif editor.is_active:
+                editor.dismiss(None)
+
+    async def _override(self, refusal: Effect) -> tuple[Command, Effect]:
+        """The override of an advance the engine refused (a gate fails or waits for data):
+        the override's effect, with the refusal that says which gate as its first detail.
+        When the engine refuses the override too (no rollout at all), the refusal stands."""
+        override = Advance(override=True)
+        effect = await self._link.preview(override)
+        if not effect.allowed:
+            return Advance(), refusal
+        return override, dataclasses.replace(effect, details=(refusal.summary, *effect.details))
+
+    def _refused(self, title: str, message: str, editor: EditTierScreen | None) -> None:
+        self.notify(message, title=title, severity="error", timeout=10)
+        if editor is not None:
+            editor.refuse(message)
+
+    def _describe(self, command: Command) -> tuple[str, str]:
+        """A dialog title and the confirm button's label for ``command``."""
+        rollout = self.snapshot.rollout if self.snapshot is not None else None
+        return _describe(command, rollout)
 
     @work(exclusive=True, group="quit")
     async def _confirm_quit(self) -> None:
@@ -458,12 +550,13 @@ class RouteDeckApp(App[None]):
             ConfirmScreen("Quit routedeck?", summary, confirm_label="Quit")
         )
         self._show_latest()
-        if confirmed:
+        if confirmed is not None:
             self.exit()
 
 
-def _describe(command: Command) -> tuple[str, str]:
-    """A dialog title and the confirm button's label for ``command``."""
+def _describe(command: Command, rollout: RolloutView | None) -> tuple[str, str]:
+    """A dialog title and the confirm button's label for ``command``; ``rollout`` (as last
+    shown) names what an advance or a rollback acts on."""
     match command:
         case Drain(target):
             return f"Drain {target}?", "Drain"
@@ -475,4 +568,31 @@ def _describe(command: Command) -> tuple[str, str]:
             return "Turn safe mode off?", "Safe mode off"
         case Drill(provider, kind):
             return f"Drill {kind} on {provider}", "Drill"
+        case Advance(override):
+            what = (rollout.next_action if rollout is not None else "") or "advance the rollout"
+            if override:
+                return f"Override the gates: {what}?", "Override"
+            return f"{what[0].upper()}{what[1:]}?", "Advance"
+        case Rollback():
+            if rollout is not None:
+                return f"Roll back {rollout.release}?", "Roll back"
+            return "Roll back the rollout?", "Roll back"
+        case EditTier(tier, _, _, emergency):
+            if emergency:
+                return f"Apply tier {tier}'s new mapping to all traffic now?", "Apply now"
+            return f"Start a release with tier {tier}'s new mapping?", "Start rollout"
+        case StartRollout(_, _, emergency):
+            if emergency:
+                return "Apply this release to all traffic now?", "Apply now"
+            return "Start a release?", "Start rollout"
     raise AssertionError(command)
+
+
+def _why_typed(command: Command) -> str | None:
+    """Why the confirmation asks to type a word, for the commands that skip a safety."""
+    match command:
+        case Advance(True):
+            return "▲ Type override to advance although gates do not pass."
+        case EditTier(emergency=True) | StartRollout(emergency=True):
+            return "▲ Skips every stage and gate. Type emergency to apply this to all traffic now."
+    return None

@@ -2,8 +2,9 @@
 
 Every operator action is a `KeySpec` here, and everything that offers actions reads this
 registry: the app's ``BINDINGS`` (so the footer), the ``?`` help screen, ``:`` command mode and
-the command palette. A spec is *dangerous* when it changes the engine (drain, safe mode, drills):
-read-only mode hides every dangerous spec and refuses its ``:`` command.
+the command palette. A spec is *dangerous* when it changes the engine (drain, safe mode, drills,
+tier edits and rollout steps): read-only mode hides every dangerous spec and refuses its ``:``
+command.
 
 Key names are Textual's (``question_mark``, ``colon``, ``slash``); ``display`` is what people
 see. Keys that terminals or tmux swallow (``ctrl+s``, ``ctrl+j``, ``ctrl+o``, alt and cmd
@@ -122,6 +123,33 @@ REGISTRY: tuple[KeySpec, ...] = (
         "safe_mode",
         dangerous=True,
         command="safe on|off",
+    ),
+    _key(
+        "edit_tier",
+        "m",
+        "edit",
+        "edit a tier's mapping and propose it as a release (staged rollout or emergency)",
+        "edit_tier",
+        dangerous=True,
+        command="edit TIER",
+    ),
+    _key(
+        "advance",
+        "a",
+        "advance",
+        "advance the rollout a stage (an override with a reason when gates do not pass)",
+        "advance",
+        dangerous=True,
+        command="advance",
+    ),
+    _key(
+        "rollback",
+        "b",
+        "rollback",
+        "roll the rollout back: all traffic to the baseline release",
+        "rollback",
+        dangerous=True,
+        command="rollback",
     ),
     _key("quit", "q", "quit", "quit (asks first; :q quits at once)", "quit", command="q"),
     _key(

@@ -12,17 +12,31 @@ import asyncio
 import dataclasses
 from collections.abc import AsyncIterator, Callable, Iterable
 
-from engine.commands import Command, CommandResult, Drain, Effect, SetSafeMode, Undrain
+from engine.commands import (
+    Advance,
+    Command,
+    CommandResult,
+    Drain,
+    EditTier,
+    Effect,
+    Rollback,
+    SetSafeMode,
+    Undrain,
+)
 from engine.snapshot import (
     AlertView,
+    ArmSignals,
     AuditView,
     DeploymentView,
     FallbackView,
+    GateView,
     HealthState,
     ProviderView,
     RequestView,
+    RolloutView,
     Snapshot,
     SpendView,
+    StageView,
     TenantSpendView,
     TierStepView,
     TierView,
@@ -292,6 +306,7 @@ def make_snapshot(
                 for dep in steps
                 if by_name[dep].state == "drained" or by_name[dep].breaker == "open"
             ),
+            mapping=" > ".join(steps),
         )
         for name, steps in TIERS
     )
@@ -402,11 +417,148 @@ def drained_snapshot() -> Snapshot:
     )
 
 
+STAGES = (
+    StageView("internal", 0.0),
+    StageView("canary", 1.0),
+    StageView("5%", 5.0),
+    StageView("20%", 20.0),
+    StageView("full", 100.0),
+)
+"""The engine's default stages."""
+
+CANDIDATE = ArmSignals(
+    requests=184,
+    successes=176,
+    p95_ms=412.0,
+    error_rate=0.041,
+    rate_429=0.0,
+    timeout_rate=0.005,
+    fallback_ratio=0.031,
+    cost_per_success_usd=0.0021,
+)
+BASELINE = ArmSignals(
+    requests=17_930,
+    successes=17_750,
+    p95_ms=380.0,
+    error_rate=0.010,
+    rate_429=0.0,
+    timeout_rate=0.002,
+    fallback_ratio=0.020,
+    cost_per_success_usd=0.0019,
+)
+
+FAILING_GATES = (
+    GateView("latency", "passing", 412.0, 380.0, 525.0, "p95 412 ms <= 525 ms"),
+    GateView("errors", "failing", 0.041, 0.010, 0.030, "error rate 4.1% > 3.0%"),
+    GateView("fallback", "passing", 0.031, 0.020, 0.070, "fallback 3.1% <= 7.0%"),
+    GateView("cost", "waiting", None, 0.0019, 0.00228, "needs 50 priced successes, has 31"),
+)
+"""The candidate errs more than the baseline allows; its cost is not judged yet."""
+
+PASSING_GATES = (
+    GateView("latency", "passing", 412.0, 380.0, 525.0, "p95 412 ms <= 525 ms"),
+    GateView("errors", "passing", 0.012, 0.010, 0.030, "error rate 1.2% <= 3.0%"),
+    GateView("fallback", "passing", 0.031, 0.020, 0.070, "fallback 3.1% <= 7.0%"),
+    GateView("cost", "passing", 0.0021, 0.0019, 0.00228, "$0.0021 <= $0.0023 per success"),
+)
+
+LOW_BEFORE = "fast-mini > local-llama > balanced-sonnet"
+LOW_AFTER = "balanced-sonnet > fast-mini > local-llama"
+
+
+def next_action(release: str, stage_index: int, *, halted: bool = False) -> str:
+    """What advancing does from ``stage_index``, worded as the engine words it."""
+    if halted:
+        return f"resume {STAGES[stage_index].name}"
+    if stage_index + 1 == len(STAGES) - 1:
+        return f"promote {release} to baseline"
+    return f"advance to {STAGES[stage_index + 1].name}"
+
+
+def rollout_view(
+    *,
+    release: str = "r4",
+    baseline: str = "r3",
+    stage_index: int = 1,
+    halted: bool = False,
+    passing: bool = False,
+    started_at: float = T0 - 252,
+) -> RolloutView:
+    """Release ``release`` (tier low reordered) in stage ``stage_index``: by default the canary
+    (1%) for 4 minutes, its errors gate failing and its cost gate waiting; ``passing``: every
+    gate passes and it advances on its own in 5 minutes; ``halted``: the failing gate halted it."""
+    stage = STAGES[stage_index]
+    return RolloutView(
+        release=release,
+        stage=stage.name,
+        baseline=baseline,
+        note="low: try balanced-sonnet first",
+        actor="alice",
+        state="halted" if halted else "running",
+        state_reason="gate errors failed: error rate 4.1% > 3.0%" if halted else "",
+        stages=STAGES,
+        stage_index=stage_index,
+        stage_started_at=started_at,
+        target_percent=0.0 if halted else stage.percent,
+        observed_share=None if halted else stage.percent / 100 * 1.2,
+        candidate=CANDIDATE,
+        baseline_signals=BASELINE,
+        gates=PASSING_GATES if passing else FAILING_GATES,
+        can_advance=passing,
+        next_action=next_action(release, stage_index, halted=halted),
+        auto_advance_at=T0 + 300 if passing and not halted else None,
+        diff=(f"tier low: {LOW_BEFORE} → {LOW_AFTER}",),
+        on_fail="halt",
+    )
+
+
+def rollout_snapshot(*, halted: bool = False, passing: bool = False) -> Snapshot:
+    """r3 serving, r4 in its canary stage (see `rollout_view`), with the audit lines that
+    started and advanced it."""
+    view = rollout_view(halted=halted, passing=passing)
+    audit = (
+        AuditView(
+            id=9,
+            at=T0 - 252,
+            actor="alice",
+            action="advance",
+            target=view.release,
+            result="ok",
+            summary=f"advances {view.release} to canary",
+        ),
+        AuditView(
+            id=8,
+            at=T0 - 900,
+            actor="alice",
+            action="edit_tier",
+            target="low",
+            result="ok",
+            summary=f"starts release {view.release} at stage internal: tier low",
+        ),
+    )
+    return dataclasses.replace(make_snapshot(audit=audit), release="r3", rollout=view)
+
+
+def halted_snapshot() -> Snapshot:
+    return rollout_snapshot(halted=True)
+
+
+def _next_release(release: str) -> str:
+    number = release.removeprefix("r")
+    return f"r{int(number) + 1}" if number.isdigit() else "r1"
+
+
 class FakeLink:
     """An `EngineLink` that yields given snapshots, then whatever `push` sends, forever.
 
     ``delivered`` counts the snapshots handed over; ``preview`` answers with
-    ``effect_for(command)`` and ``submit`` records the command.
+    ``effect_for(command)`` (by default `rollout_effect`, then `default_effect`) and ``submit``
+    records the command with the actor in ``submitted`` and its reason in ``reasons``.
+
+    Rollout commands act on the newest snapshot, as an engine would, and publish the result:
+    `Advance` moves the rollout a stage (the last promotes the candidate), `Rollback` ends it,
+    `EditTier` starts a new release at the first stage (or, as an emergency, makes it the
+    baseline at once). A command that needs a reason is refused without one.
     """
 
     def __init__(
@@ -422,14 +574,18 @@ class FakeLink:
         self.last_error: str | None = None
         self._initial = tuple(snapshots)
         self._queue: asyncio.Queue[Snapshot] | None = None
-        self._effect_for = effect_for or default_effect
+        self._effect_for = effect_for or self.rollout_effect
         self.submitted: list[tuple[Command, str]] = []
+        self.reasons: list[str] = []
         self.previewed: list[Command] = []
         self.delivered = 0
+        self.current: Snapshot | None = self._initial[-1] if self._initial else None
+        """The engine's state as this link last published it."""
 
     def push(self, snapshot: Snapshot) -> None:
         if self._queue is None:
             self._queue = asyncio.Queue()
+        self.current = snapshot
         self._queue.put_nowait(snapshot)
 
     async def snapshots(self) -> AsyncIterator[Snapshot]:
@@ -449,7 +605,119 @@ class FakeLink:
 
     async def submit(self, command: Command, *, actor: str, reason: str = "") -> CommandResult:
         self.submitted.append((command, actor))
-        return CommandResult(ok=True, message=f"done: {command}", audit_id=len(self.submitted))
+        self.reasons.append(reason)
+        audit_id = len(self.submitted)
+        if not isinstance(command, Advance | Rollback | EditTier):
+            return CommandResult(ok=True, message=f"done: {command}", audit_id=audit_id)
+        effect = self._effect_for(command)
+        if not effect.allowed:
+            return CommandResult(ok=False, message=effect.summary, audit_id=audit_id)
+        if effect.needs_reason and not reason.strip():
+            return CommandResult(
+                ok=False, message=f"{effect.confirm_text} needs a reason", audit_id=audit_id
+            )
+        assert self.current is not None
+        self.push(self._applied(command, self.current))
+        return CommandResult(ok=True, message=effect.summary, audit_id=audit_id)
+
+    def _applied(self, command: Advance | Rollback | EditTier, now: Snapshot) -> Snapshot:
+        """The snapshot after ``command``, which `rollout_effect` allowed."""
+        rollout, release = now.rollout, now.release
+        match command:
+            case Rollback():
+                rollout = None
+            case Advance():
+                assert rollout is not None
+                index = rollout.stage_index + (rollout.state == "running")
+                if index == len(STAGES) - 1:
+                    rollout, release = None, rollout.release
+                else:
+                    rollout = rollout_view(
+                        release=rollout.release,
+                        baseline=release,
+                        stage_index=index,
+                        started_at=now.taken_at,
+                    )
+            case EditTier(tier, mapping, _, emergency):
+                candidate = _next_release(release)
+                tiers = tuple(
+                    dataclasses.replace(t, mapping=mapping) if t.name == tier else t
+                    for t in now.tiers
+                )
+                if emergency:
+                    return dataclasses.replace(
+                        now, seq=now.seq + 1, release=candidate, rollout=None, tiers=tiers
+                    )
+                rollout = rollout_view(
+                    release=candidate, baseline=release, stage_index=0, started_at=now.taken_at
+                )
+        return dataclasses.replace(now, seq=now.seq + 1, release=release, rollout=rollout)
+
+    def rollout_effect(self, command: Command) -> Effect:
+        """What the engine would answer for a rollout command, given `current`; any other
+        command gets `default_effect`."""
+        now = self.current
+        rollout = now.rollout if now is not None else None
+        match command:
+            case Advance(override):
+                if rollout is None:
+                    return Effect(allowed=False, summary="no rollout in progress to advance")
+                what = rollout.next_action
+                blocking = [g for g in rollout.gates if g.verdict != "passing"]
+                if not blocking or rollout.state == "halted":
+                    return Effect(allowed=True, summary=f"{what} for {rollout.release}")
+                why = "; ".join(f"gate {g.signal} {g.verdict}: {g.why}" for g in blocking)
+                if not override:
+                    return Effect(
+                        allowed=False,
+                        summary=f"cannot {what}: {why}; an override with a reason can",
+                    )
+                names = " and ".join(g.signal for g in blocking)
+                return Effect(
+                    allowed=True,
+                    summary=f"{what} for {rollout.release} although gates {names} do not pass",
+                    confirm_text="override",
+                    needs_reason=True,
+                )
+            case Rollback():
+                if rollout is None:
+                    return Effect(allowed=False, summary="no rollout in progress to roll back")
+                return Effect(
+                    allowed=True,
+                    summary=f"rolls back {rollout.release}: all traffic to {now.release}",
+                )
+            case EditTier(tier, mapping, _, emergency):
+                assert now is not None
+                tiers = {t.name: t for t in now.tiers}
+                if tier not in tiers:
+                    return Effect(allowed=False, summary=f"no tier {tier!r}")
+                known = {d.name for d in now.deployments}
+                names = [
+                    member.split("=")[0].strip()
+                    for step in mapping.split(">")
+                    for member in step.split("+")
+                ]
+                unknown = [name for name in names if name not in known]
+                if unknown or not all(names):
+                    return Effect(
+                        allowed=False,
+                        summary=f"tier {tier}: unknown deployment {(unknown or [''])[0]!r} in "
+                        f"{mapping!r}; deployments: {', '.join(sorted(known))}",
+                    )
+                change = f"tier {tier}: {tiers[tier].mapping} → {mapping}"
+                candidate = _next_release(now.release)
+                if emergency:
+                    return Effect(
+                        allowed=True,
+                        summary=f"applies release {candidate} to all traffic now: {change}",
+                        confirm_text="emergency",
+                        needs_reason=True,
+                    )
+                return Effect(
+                    allowed=True,
+                    summary=f"starts release {candidate} at stage internal: {change}",
+                )
+        return default_effect(command)
 
     async def close(self) -> None:
         return None

@@ -28,7 +28,7 @@ from console.widgets.status_header import StatusHeader, shorten_error
 from console.widgets.tail_pane import PATH_SEPARATOR, TailPane
 from console.widgets.tier_pane import TierPane
 from engine.commands import Drain, Drill, SetSafeMode
-from engine.snapshot import AlertView, RolloutView
+from engine.snapshot import AlertView
 from tests.console.conftest import run_command, wait_for
 from tests.console.fakes import (
     ALERTS,
@@ -39,6 +39,7 @@ from tests.console.fakes import (
     degraded_snapshot,
     drained_snapshot,
     make_snapshot,
+    rollout_snapshot,
     with_seq,
 )
 
@@ -125,19 +126,19 @@ def test_link_errors_are_shortened_to_one_line() -> None:
 
 
 async def test_header_shows_where_what_and_modes() -> None:
-    snapshot = dataclasses.replace(
-        make_snapshot(safe_mode=True), rollout=RolloutView(release="r7", stage="canary")
-    )
+    snapshot = dataclasses.replace(rollout_snapshot(), safe_mode=True)
     link = FakeLink([snapshot], label="http://10.0.0.7:8787", attached=True)
     async with fake_console(link, read_only=True) as (app, _):
         header = app.query_one(StatusHeader)
         assert _text(header.query_one("#where")) == "http://10.0.0.7:8787"
+        # Three badges leave no room for the engine state and rate: the stage stays.
         summary = _text(header.query_one("#summary"))
-        assert summary == "running · 24.0 req/s · release r7 · canary"
+        assert summary == "release r3 → r4 · canary (1%)"
         for badge in ("#badge-safe", "#badge-read-only", "#badge-attached"):
             assert header.query_one(badge).display, badge
         assert not header.query_one("#badge-paused").display
-        assert "release r7" in _text(app.query_one(RolloutPane))
+        assert not header.query_one("#badge-halted").display
+        assert "r4 vs baseline r3" in _text(app.query_one(RolloutPane))
 
 
 async def test_rollout_pane_says_there_is_none() -> None:

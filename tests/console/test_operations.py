@@ -17,12 +17,14 @@ from textual.widgets import Button, Input, Label
 
 from console.app import RouteDeckApp
 from console.screens.confirm import ConfirmScreen
+from console.screens.edit_tier import EditTierScreen
 from console.widgets import formatting as fmt
 from console.widgets.provider_table import ProviderTable, deployment_key, provider_key
 from console.widgets.spend_pane import SpendTable
 from console.widgets.tail_pane import PATH_SEPARATOR, TailPane
 from console.widgets.tier_pane import TierPane
 from engine.link import RemoteLink
+from engine.snapshot import RolloutView
 from tests.console.conftest import ADMIN_TOKEN, SIZE, Proxy, console, run_command, wait_for
 
 
@@ -384,3 +386,51 @@ async def test_an_unreachable_engine_shows_why_beside_stale() -> None:
             assert link.last_error is not None and shown in link.last_error
     finally:
         await link.close()
+
+
+async def test_a_tier_edit_rolls_out_advances_by_override_and_rolls_back(proxy: Proxy) -> None:
+    def rollout() -> RolloutView | None:
+        return proxy.engine.snapshot(fresh=True).rollout
+
+    async with console(proxy, actor="oncall") as (app, pilot):
+        await pilot.press("m")
+        await wait_for(pilot, lambda: isinstance(app.screen, EditTierScreen), "the editor")
+        editor = app.screen
+        mapping = editor.query_one("#editor-mapping", Input)
+        assert mapping.value == "a-mini > b-mid", "prefilled with the baseline's mapping"
+        mapping.value = "b-mid > nowhere"
+        await pilot.press("enter")
+        error = editor.query_one("#editor-error")
+        await wait_for(pilot, lambda: error.display, "the engine's refusal in the editor")
+        assert "nowhere" in str(error.render())
+        assert rollout() is None
+
+        mapping.value = "b-mid > a-mini"
+        editor.query_one("#editor-note", Input).value = "b-mid first"
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: _confirm_open(app), "the confirmation")
+        await pilot.press("tab", "enter")
+        await wait_for(pilot, lambda: rollout() is not None, "the rollout to start")
+        started = rollout()
+        assert started is not None and started.note == "b-mid first"
+        await wait_for(pilot, lambda: app.snapshot is not None and app.snapshot.rollout, "it shows")
+        stage = started.stage_index
+
+        # No traffic yet, so every gate waits: advancing is an override, with a reason.
+        await pilot.press("a")
+        await wait_for(pilot, lambda: _confirm_open(app), "the override")
+        dialog = app.screen
+        assert dialog.query_one("#dialog-input", Input) is dialog.focused
+        await pilot.press(*"override", "enter")
+        await pilot.press(*"smoke test", "enter")
+        await wait_for(
+            pilot, lambda: (rollout() or started).stage_index == stage + 1, "the next stage"
+        )
+        audit = proxy.engine.snapshot(fresh=True).audit
+        assert audit[0].actor == "oncall" and audit[0].action == "advance"
+
+        await pilot.press("b")
+        await wait_for(pilot, lambda: _confirm_open(app), "the rollback confirmation")
+        await pilot.press("tab", "enter")
+        await wait_for(pilot, lambda: rollout() is None, "the rollback")
+    assert (await proxy.chat("low")).headers["x-routedeck-provider"] == "sim-a"

@@ -157,7 +157,7 @@ async def test_nothing_redraws_between_snapshots_or_for_one_that_shows_the_same(
             "ProviderTable#providers",
             "FallbackPane#fallback",
             "Label#age",
-            "Label#summary",
+            "Summary#summary",
         }
         assert redraws.refreshes["FallbackPane#fallback"] == 1
         assert redraws.layouts == {}, "nothing changed size"

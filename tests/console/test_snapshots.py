@@ -21,7 +21,9 @@ from tests.console.fakes import (
     budget_snapshot,
     degraded_snapshot,
     drained_snapshot,
+    halted_snapshot,
     make_snapshot,
+    rollout_snapshot,
     stranding_effect,
 )
 
@@ -215,3 +217,44 @@ def test_attached_read_only(snap_compare: SnapCompare) -> None:
     """Attached to a remote engine, read-only: ATTACHED and READ-ONLY badges, no change keys."""
     link = _one(make_snapshot(safe_mode=True), label="http://10.0.0.7:8787", attached=True)
     assert snap_compare(_app(link, read_only=True), run_before=_settle(), terminal_size=(100, 30))
+
+
+def test_rollout_in_progress(snap_compare: SnapCompare) -> None:
+    """r4 in its canary stage on a wide terminal: the rollout takes the spend table's place;
+    the ladder, RUNNING, the share, both arms' signals with the errors gate ✖ failing and the
+    cost gate ○ waiting with their whys, and `a` dimmed: an override is needed."""
+    assert snap_compare(
+        _app(_one(rollout_snapshot())), run_before=_settle(), terminal_size=(120, 40)
+    )
+
+
+def test_rollout_halted_160x48(snap_compare: SnapCompare) -> None:
+    """The failing gate halted the rollout: HALTED in the header and loudly in the pane, with
+    why; the current stage marked ⏸ and `a` offers to resume."""
+    assert snap_compare(
+        _app(_one(halted_snapshot())), run_before=_settle(), terminal_size=(160, 48)
+    )
+
+
+def test_rollout_80x24(snap_compare: SnapCompare) -> None:
+    """At the smallest size the rollout pane gives way; the header keeps the release, the
+    candidate and its stage, and the footer offers a and b."""
+    assert snap_compare(
+        _app(_one(rollout_snapshot())), run_before=_settle(), terminal_size=(80, 24)
+    )
+
+
+def test_confirm_override(snap_compare: SnapCompare) -> None:
+    """`a` while a gate fails: the override dialog says which gate, asks to type override and
+    for a reason; Confirm stays disabled."""
+    assert snap_compare(
+        _app(_one(rollout_snapshot())), run_before=_settle("a"), terminal_size=(100, 30)
+    )
+
+
+def test_edit_tier(snap_compare: SnapCompare) -> None:
+    """`m`: the editor on tier low, its mapping prefilled from the baseline, the note and the
+    emergency box empty."""
+    assert snap_compare(
+        _app(_one(rollout_snapshot())), run_before=_settle("m"), terminal_size=(100, 30)
+    )
