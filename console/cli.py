@@ -6,6 +6,7 @@
     routedeck serve [--config F | --demo] [--host H] [--port P]   the proxy, headless
     routedeck sim [--host H] [--port P] [--seed N] [--profile ...] the simulated upstream alone
     routedeck check-config [--config F] [--strict]               validate a config, list problems
+    routedeck report [--since 7d | --from T --to T] [--json]     what the logs say about a window
     routedeck report --daily [--day D] [--json] [--config F]     the day's spend, budgets, alerts
     routedeck drain|undrain TARGET [--url U]                     operator commands on a running engine
     routedeck safe-mode on|off [--url U]
@@ -23,6 +24,7 @@ import asyncio
 import logging
 import os
 import sys
+import time
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any
@@ -205,10 +207,17 @@ def _cmd_keys(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from engine.reporting import print_daily_report
+    from engine.reporting import parse_window, print_daily_report, print_window_report
 
     config = _load(args)
-    return _run(print_daily_report(config, day=args.day, as_json=args.json))
+    if args.daily or args.day:
+        return _run(print_daily_report(config, day=args.day, as_json=args.json))
+    try:
+        start, end = parse_window(args.since, args.start, args.end, now=time.time())
+    except ValueError as exc:
+        print(f"routedeck: {exc}", file=sys.stderr)
+        return 2
+    return _run(print_window_report(config, start=start, end=end, as_json=args.json))
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
@@ -322,10 +331,17 @@ def _parser() -> argparse.ArgumentParser:
         add_help=False,
     )
 
-    report = sub.add_parser("report", help="what the stored logs say about a day")
+    report = sub.add_parser(
+        "report", help="what the stored logs say about a window (default: the last 24 hours)"
+    )
     config_args(report, demo=True)
-    report.add_argument("--daily", action="store_true", help="the daily report (the default)")
-    report.add_argument("--day", help="YYYY-MM-DD in UTC (default: today)")
+    report.add_argument(
+        "--since", default="24h", help="the window up to now: 90m, 24h, 7d (default 24h)"
+    )
+    report.add_argument("--from", dest="start", help="window start: YYYY-MM-DD[THH:MM] UTC")
+    report.add_argument("--to", dest="end", help="window end: YYYY-MM-DD[THH:MM] UTC (default now)")
+    report.add_argument("--daily", action="store_true", help="the daily spend and budget report")
+    report.add_argument("--day", help="the daily report's day, YYYY-MM-DD in UTC (default today)")
     report.add_argument("--json", action="store_true", help="JSON for scripts")
     report.set_defaults(func=_cmd_report)
 

@@ -65,6 +65,7 @@ import httpx
 
 from engine.budgets import day_of
 from engine.config import AlertsConfig
+from state.rollups import first_request_at, hourly_cost_by_tenant
 from state.store import Store
 
 __all__ = [
@@ -638,8 +639,9 @@ class _HourlySpend:
         average spend in it over those days."""
         if hour == self._baseline_hour:
             return self._baseline
-        rows = await self._store.query("SELECT MIN(started_at) FROM requests")
-        first = rows[0][0]
+        # Past hours come from the hourly aggregates once rolled up, so the baseline outlives
+        # the raw log's retention.
+        first = await first_request_at(self._store)
         totals: dict[str, float] = {}
         days = 0
         for back in range(1, self._trailing_days + 1):
@@ -647,7 +649,8 @@ class _HourlySpend:
             if first is None or first > start:
                 break  # the log did not exist for the whole of that hour, nor before it
             days += 1
-            for tenant, cost in (await self._sum(start, start + _HOUR, None)).items():
+            spend = await hourly_cost_by_tenant(self._store, start, start + _HOUR)
+            for tenant, cost in spend.items():
                 totals[tenant] = totals.get(tenant, 0.0) + cost
         averages = {tenant: total / days for tenant, total in totals.items()} if days else {}
         self._baseline_hour, self._baseline = hour, (days, averages)

@@ -275,6 +275,29 @@ class AlertsConfig(_Section):
     webhook_retries: int = Field(default=3, ge=0, le=10)
 
 
+class ReportConfig(_Section):
+    low_complexity_max_input_tokens: int = Field(default=1500, ge=1)
+    """`routedeck report` flags task types on the strongest tier whose requests average at most
+    this many input tokens ..."""
+    low_complexity_max_output_tokens: int = Field(default=300, ge=1)
+    """... and at most this many output tokens: small work the cheapest tier could do."""
+
+
+class RetentionConfig(_Section):
+    requests_days: float = Field(default=30.0, gt=0)
+    """Raw request and attempt rows older than this are deleted once their hour is rolled up
+    into hourly aggregates, which reports and spend history go on reading."""
+    hourly_days: float = Field(default=400.0, gt=0)
+    """Hourly aggregates older than this are deleted."""
+    audit_days: float | None = Field(default=None, gt=0)
+    """Audit entries older than this are deleted; leave it out to keep the audit log."""
+    interval_s: float = Field(default=300.0, gt=0)
+    """How often complete hours are rolled up and old rows pruned."""
+    grace_s: float = Field(default=900.0, ge=0)
+    """An hour is rolled up this long after it ends, so that requests still running at its
+    end (logged when they finish) are in it."""
+
+
 class StageConfig(_Section):
     name: str = Field(min_length=1)
     percent: float = Field(ge=0, le=100)
@@ -391,6 +414,8 @@ class Config(_Section):
     cache: CacheConfig = CacheConfig()
     alerts: AlertsConfig = AlertsConfig()
     rollout: RolloutConfig = RolloutConfig()
+    retention: RetentionConfig = RetentionConfig()
+    report: ReportConfig = ReportConfig()
 
     source: str = Field(default="<memory>", exclude=True)
     """Where the config came from; set by the loader, not by the file."""

@@ -54,6 +54,7 @@ from engine.tokens import TokenCounter
 from providers.adapters import Adapter, AnthropicAdapter, OpenAIAdapter
 from providers.canonical import ChatRequest, ChatResponse
 from providers.sim import SimProfile, SimServer
+from state.rollups import Pruned, prune, roll_up
 from state.store import Store
 
 ALERT_INTERVAL_S = 15.0
@@ -457,10 +458,35 @@ class Engine:
         return raised
 
     async def _maintain(self) -> None:
-        """Housekeeping that keeps state bounded: expired cache entries, once a minute."""
+        """Housekeeping that keeps state bounded: expired cache entries once a minute; complete
+        hours rolled up and old rows pruned every ``[retention] interval_s``."""
+        interval = self.config.retention.interval_s
+        next_retention = time.monotonic() + min(60.0, interval)
         while True:
-            await asyncio.sleep(60)
-            await self.cache.purge_expired()
+            await asyncio.sleep(min(60.0, interval))
+            try:
+                await self.cache.purge_expired()
+                if time.monotonic() >= next_retention:
+                    next_retention = time.monotonic() + interval
+                    await self.apply_retention()
+            except Exception:
+                log.exception("state housekeeping failed; it runs again at the next interval")
+
+    async def apply_retention(self) -> Pruned:
+        """Roll up every complete hour (after the grace period) and prune what is older than
+        the retention ages (the engine does it every ``[retention] interval_s``)."""
+        retention = self.config.retention
+        now = self._clock()
+        hours = await roll_up(self.store, until=now - retention.grace_s)
+        pruned = await prune(
+            self.store,
+            raw_before=now - retention.requests_days * 86400,
+            hours_before=now - retention.hourly_days * 86400,
+            audit_before=now - retention.audit_days * 86400 if retention.audit_days else None,
+        )
+        if hours or pruned.requests or pruned.request_hours or pruned.audit:
+            log.info("retention: rolled up %d hour(s); pruned %s", hours, pruned)
+        return pruned
 
     async def snapshots(self) -> AsyncIterator[Snapshot]:
         """Every snapshot published from now on (a slow reader skips to the newest)."""

@@ -1,12 +1,14 @@
 """The daily report (``routedeck report --daily``): one UTC day, from the state file alone.
 
-`daily_report` reads three tables and needs no running engine:
+`daily_report` reads the state file alone and needs no running engine:
 
 - the spend ledger (``spend``): what each tenant was charged, tokens, cache hits and dollars
   saved. It is what budgets are checked against and is committed before each answer, so the
   money figures per tenant come from here.
-- the request log (``requests``): requests, successes, costs per tier and per deployment, cost
-  per successful task, unpriced requests and the fallback ratio. It is written in batches, so a
+- the request log: requests, successes, costs per tier and per deployment, cost per
+  successful task, unpriced requests and the fallback ratio — from the hourly aggregates for
+  hours already rolled up and the raw ``requests`` rows after them (`state.rollups`), so a day
+  reads the same after retention pruned its raw rows. Raw rows are written in batches, so a
   crash can lose its last few milliseconds of rows.
 - ``alerts``: the alerts raised that day.
 
@@ -27,12 +29,13 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from engine.alerts import Alert, alerts_of_day, format_usd
 from engine.config import Config
+from state.rollups import RequestKey, RequestTotals, request_totals
 from state.store import Store
 
 __all__ = [
@@ -123,25 +126,6 @@ class DailyReport:
     """Raised that day, oldest first."""
 
 
-# One aggregate over the day's request log; the GROUP BY is filled in per breakdown.
-_AGGREGATE = """
-SELECT {group} AS name,
-       COUNT(*) AS requests,
-       TOTAL(outcome = 'ok') AS successful,
-       TOTAL(cost_usd) AS cost,
-       TOTAL(cost_usd IS NULL AND deployment IS NOT NULL AND cache != 'hit'
-             AND input_tokens IS NOT NULL) AS unpriced,
-       TOTAL(deployment IS NOT NULL) AS served,
-       TOTAL(deployment IS NOT NULL AND fallback) AS fallbacks
-FROM requests
-WHERE started_at >= ? AND started_at < ?
-GROUP BY 1
-"""
-_DEPLOYMENT = (
-    f"COALESCE(deployment, CASE WHEN cache = 'hit' THEN '{CACHE}' ELSE '{NOT_SERVED}' END)"
-)
-
-
 @dataclass(frozen=True, slots=True)
 class _Group:
     requests: int
@@ -152,19 +136,28 @@ class _Group:
     fallbacks: int
 
 
-async def _groups(store: Store, group: str, start: float) -> dict[str, _Group]:
-    rows = await store.query(_AGGREGATE.format(group=group), (start, start + 86400.0))
+def _groups(
+    totals: Mapping[RequestKey, RequestTotals], name: Callable[[RequestKey], str]
+) -> dict[str, _Group]:
+    sums: dict[str, list[float]] = {}
+    for key, t in totals.items():
+        g = sums.setdefault(name(key), [0, 0, 0.0, 0, 0, 0])
+        g[0] += t.requests
+        g[1] += t.requests if key.outcome == "ok" else 0
+        g[2] += t.cost_usd
+        g[3] += t.unpriced
+        g[4] += t.requests if key.deployment else 0
+        g[5] += t.requests if key.deployment and key.fallback else 0
     return {
-        str(row["name"]): _Group(
-            requests=int(row["requests"]),
-            successful=int(row["successful"]),
-            cost=float(row["cost"]),
-            unpriced=int(row["unpriced"]),
-            served=int(row["served"]),
-            fallbacks=int(row["fallbacks"]),
-        )
-        for row in rows
+        n: _Group(int(g[0]), int(g[1]), float(g[2]), int(g[3]), int(g[4]), int(g[5]))
+        for n, g in sums.items()
     }
+
+
+def _deployment(key: RequestKey) -> str:
+    if key.deployment:
+        return key.deployment
+    return CACHE if key.cache == "hit" else NOT_SERVED
 
 
 def _day_start(day: str) -> float:
@@ -206,9 +199,11 @@ async def daily_report(store: Store, *, day: str, config: Config) -> DailyReport
         (day,),
     )
     ledger = {row["tenant"]: row for row in ledger_rows}
-    by_tenant = await _groups(store, "tenant", start)
-    by_tier = await _groups(store, f"COALESCE(tier, '{NO_TIER}')", start)
-    by_deployment = await _groups(store, _DEPLOYMENT, start)
+    # Hourly aggregates for rolled-up hours, raw rows after: the day survives retention.
+    log_totals = await request_totals(store, start, start + 86400.0)
+    by_tenant = _groups(log_totals, lambda k: k.tenant)
+    by_tier = _groups(log_totals, lambda k: k.tier or NO_TIER)
+    by_deployment = _groups(log_totals, _deployment)
 
     budgeted = {
         name for name, tenant in config.tenants.items() if tenant.daily_budget_usd is not None

@@ -222,6 +222,58 @@ MIGRATIONS: tuple[Migration, ...] = (
         CREATE INDEX rollout_events_release ON rollout_events (release, at);
         """,
     ),
+    Migration(
+        5,
+        "hourly aggregates of the request log, for reports after retention prunes it",
+        """
+        -- One row per hour and combination of dimensions (see state.rollups). Absent values
+        -- are '' (release 0) so that they can be part of the key. *_hist are JSON objects of
+        -- latency bucket index -> count over state.rollups.LATENCY_BOUNDS_MS.
+        CREATE TABLE request_hours (
+            hour           REAL NOT NULL,
+            tenant         TEXT NOT NULL,
+            task           TEXT NOT NULL,
+            tier           TEXT NOT NULL,
+            tier_reason    TEXT NOT NULL,
+            deployment     TEXT NOT NULL,
+            provider       TEXT NOT NULL,
+            arm            TEXT NOT NULL,
+            release        INTEGER NOT NULL,
+            outcome        TEXT NOT NULL,
+            cache          TEXT NOT NULL,
+            stream         INTEGER NOT NULL,
+            fallback       INTEGER NOT NULL,
+            requests       INTEGER NOT NULL,
+            input_tokens   INTEGER NOT NULL,
+            output_tokens  INTEGER NOT NULL,
+            cost_usd       REAL NOT NULL,
+            unpriced       INTEGER NOT NULL,
+            saved_usd      REAL NOT NULL,
+            trimmed_tokens INTEGER NOT NULL,
+            latency_ms_sum REAL NOT NULL,
+            latency_hist   TEXT NOT NULL,
+            ttft_hist      TEXT NOT NULL,
+            PRIMARY KEY (hour, tenant, task, tier, tier_reason, deployment, provider, arm,
+                         release, outcome, cache, stream, fallback)
+        );
+
+        -- Upstream attempts per hour; followed = 1 when another attempt of the same request
+        -- came after it (a retry or a fallback).
+        CREATE TABLE attempt_hours (
+            hour           REAL NOT NULL,
+            deployment     TEXT NOT NULL,
+            provider       TEXT NOT NULL,
+            model          TEXT NOT NULL,
+            outcome        TEXT NOT NULL,
+            followed       INTEGER NOT NULL,
+            attempts       INTEGER NOT NULL,
+            latency_ms_sum REAL NOT NULL,
+            latency_hist   TEXT NOT NULL,
+            PRIMARY KEY (hour, deployment, provider, model, outcome, followed)
+        );
+        CREATE INDEX audit_at ON audit (at);
+        """,
+    ),
 )
 
 
