@@ -586,14 +586,24 @@ class Alerts:
 
     # -- the loop --------------------------------------------------------------------------
 
-    async def run(self, inputs: Callable[[], AlertInputs], *, interval_s: float = 15.0) -> None:
-        """Evaluate and deliver every ``interval_s`` seconds until cancelled; never raises."""
+    async def run(
+        self,
+        inputs: Callable[[], AlertInputs],
+        *,
+        interval_s: float = 15.0,
+        active: Callable[[], bool] = lambda: True,
+    ) -> None:
+        """Evaluate and deliver every ``interval_s`` seconds until cancelled; never raises.
+
+        Rounds where ``active()`` is false are skipped: of several processes sharing a state
+        file, only the one holding the automation lease raises and delivers alerts."""
         while True:
-            try:
-                await self.evaluate(inputs())
-            except Exception:
-                log.exception("alert evaluation failed")
-            await self.deliver()
+            if active():
+                try:
+                    await self.evaluate(inputs())
+                except Exception:
+                    log.exception("alert evaluation failed")
+                await self.deliver()
             await asyncio.sleep(interval_s)
 
 

@@ -69,6 +69,8 @@ class _Account:
     spent_day: float = 0.0
     spent_month: float = 0.0
     reserved: float = 0.0
+    unrecorded: float = 0.0
+    """Settled here but not yet committed to the ledger (between `_settle` and `record`)."""
 
 
 class Reservation:
@@ -102,18 +104,29 @@ class Budgets:
         self._accounts: dict[str, _Account] = {}
 
     async def load(self) -> None:
-        """Read this month's settled spend for every tenant."""
+        """Read this month's settled spend for every tenant from the ledger.
+
+        Called at start, and again every sync interval (`refresh`) so that spend settled by
+        other processes sharing the state file counts here too."""
         now = self._clock()
         today = day_of(now)
         month = today[:7]
         rows = await self._store.query(
             "SELECT tenant, day, cost_usd FROM spend WHERE day >= ?", (month + "-01",)
         )
+        totals: dict[str, list[float]] = {}
         for row in rows:
-            account = self._account(row["tenant"], now)
-            account.spent_month += row["cost_usd"]
+            sums = totals.setdefault(row["tenant"], [0.0, 0.0])
+            sums[1] += row["cost_usd"]
             if row["day"] == today:
-                account.spent_day += row["cost_usd"]
+                sums[0] += row["cost_usd"]
+        for tenant in set(totals) | set(self._accounts):
+            account = self._account(tenant, now)
+            day, month_total = totals.get(tenant, (0.0, 0.0))
+            account.spent_day = day + account.unrecorded
+            account.spent_month = month_total + account.unrecorded
+
+    refresh = load
 
     def _account(self, tenant: str, now: float) -> _Account:
         today = day_of(now)
@@ -153,6 +166,7 @@ class Budgets:
         reservation.amount = 0.0
         account.spent_day += cost
         account.spent_month += cost
+        account.unrecorded += cost
 
     def spent_today(self, tenant: str) -> float:
         return self._account(tenant, self._clock()).spent_day
@@ -208,3 +222,6 @@ class Budgets:
                 saved or 0.0,
             ),
         )
+        if cost:
+            account = self._account(tenant, now)
+            account.unrecorded = max(0.0, account.unrecorded - cost)

@@ -52,6 +52,10 @@ class ServerConfig(_Section):
     snapshot_interval_s: float = Field(default=0.25, gt=0, le=60)
     metrics_window_s: int = Field(default=10, ge=1, le=3600)
     recent_requests: int = Field(default=200, ge=0, le=100_000)
+    sync_interval_s: float = Field(default=0.5, gt=0, le=60)
+    """How often this process checks the state file for changes other processes sharing it
+    made (drains, safe mode, keys, releases), refreshes the budgets' spend, and renews the
+    lease that lets one process run automatic decisions."""
     require_keys: bool = False
     """Refuse requests without a virtual key. Off: requests without one (or with a key that is
     not a routedeck key, like an SDK placeholder) belong to the tenant "local"."""

@@ -17,6 +17,7 @@ import contextlib
 import functools
 import logging
 import os
+import socket
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AsyncExitStack
@@ -58,6 +59,7 @@ from state.rollups import Pruned, prune, roll_up
 from state.store import Store
 
 ALERT_INTERVAL_S = 15.0
+LEASE = "automation"
 log = logging.getLogger("routedeck.engine")
 
 
@@ -96,6 +98,11 @@ class Engine:
         self.sim: SimServer | None = None
         self._operator: Operator | None = None
         self._rollouts: Rollouts | None = None
+        self.instance = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
+        """This process, as the automation lease names its holder."""
+        self.leader = False
+        """Holds the automation lease: runs gate decisions, retention and alerting."""
+        self._seen_seq = 0
         self._stack = AsyncExitStack()
         self._store: Store | None = None
         self._controller: Controller | None = None
@@ -181,7 +188,9 @@ class Engine:
             Alerts(config.alerts, self._store, clock=self._clock)
         )
         alerting = asyncio.create_task(
-            self._alerts.run(self._alert_inputs, interval_s=ALERT_INTERVAL_S),
+            self._alerts.run(
+                self._alert_inputs, interval_s=ALERT_INTERVAL_S, active=lambda: self.leader
+            ),
             name="routedeck-alerts",
         )
         self._stack.push_async_callback(_cancel, alerting)
@@ -203,6 +212,10 @@ class Engine:
         )
         await self._rollouts.load()
         self.warnings.extend(self._rollouts.warnings)
+        self._seen_seq = await self._store.state_seq()
+        await self._renew_lease()
+        syncing = asyncio.create_task(self._sync(), name="routedeck-sync")
+        self._stack.push_async_callback(_cancel, syncing)
         self.state = "running"
         self._publish()
         publisher = asyncio.create_task(self._publisher(), name="routedeck-snapshots")
@@ -229,6 +242,41 @@ class Engine:
             self.sim.chaos.clear(provider)
         else:
             self.sim.chaos.set(provider, **knobs)
+
+    # -- several processes on one state file -----------------------------------------------
+
+    async def _renew_lease(self) -> None:
+        interval = self.config.server.sync_interval_s
+        self.leader = await self.store.take_lease(
+            LEASE, self.instance, now=self._clock(), ttl_s=max(3.0, 6 * interval)
+        )
+
+    async def sync_state(self) -> bool:
+        """Pick up what other processes sharing the state file changed: drains, safe mode,
+        keys and releases when the file's change counter moved; the budgets' settled spend
+        always; and renew the automation lease. True when shared state was reloaded."""
+        store = self.store
+        seq = await store.state_seq()
+        changed = seq != self._seen_seq
+        if changed:
+            self._seen_seq = seq
+            await self.operator.load()
+            await self.keys.load()
+            await self.rollouts.reload()
+        await self.budgets.refresh()
+        await self._renew_lease()
+        if changed:
+            self._publish()
+        return changed
+
+    async def _sync(self) -> None:
+        interval = self.config.server.sync_interval_s
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.sync_state()
+            except Exception:
+                log.exception("syncing with the state file failed; trying again shortly")
 
     def _on_baseline(self, release: Release) -> None:
         """A release became the baseline: everything that reads routing follows it."""
@@ -428,7 +476,7 @@ class Engine:
         if self._rollouts is None:
             return None
         try:
-            done = await self._rollouts.evaluate()
+            done = await self._rollouts.evaluate(act=self.leader)
         except Exception:
             log.exception("evaluating the rollout's gates failed; trying again next snapshot")
             return None
@@ -466,7 +514,7 @@ class Engine:
             await asyncio.sleep(min(60.0, interval))
             try:
                 await self.cache.purge_expired()
-                if time.monotonic() >= next_retention:
+                if time.monotonic() >= next_retention and self.leader:
                     next_retention = time.monotonic() + interval
                     await self.apply_retention()
             except Exception:

@@ -68,6 +68,7 @@ class Operator:
         drains = await self._store.kv_get(KV_DRAINS) or []
         self.drained = frozenset(d for d in drains if d in known)
         self.safe_mode = bool(await self._store.kv_get(KV_SAFE_MODE)) and self.safe_tier is not None
+        self.audit.clear()
         for row in await self._store.fetch_audit(AUDIT_TAIL):  # oldest first
             self.audit.appendleft(_audit_view(row))
 
@@ -225,6 +226,8 @@ class Operator:
             await self._store.kv_set(KV_DRAINS, sorted(drained))
         if safe_mode != self.safe_mode:
             await self._store.kv_set(KV_SAFE_MODE, safe_mode)
+        if drained != self.drained or safe_mode != self.safe_mode:
+            await self._store.bump_state()  # other processes on this file reload it
         self.drained, self.safe_mode = drained, safe_mode
         if isinstance(command, Drill):
             assert self._chaos is not None

@@ -527,7 +527,6 @@ class Pipeline:
             release=call.release.id if call.release is not None else None,
         )
         e.metrics.request_finished(rec, tuple(attempts.path), attempts.fallback_causes)
-        e.rollouts.observe(rec, attempts.fallback_causes)
         e.store.log_request(rec)
 
 

@@ -63,7 +63,7 @@ from engine.releases import (
 from engine.routing import Router
 from engine.snapshot import ArmSignals, AuditView, GateView, RolloutView, StageView, Verdict
 from state.records import RequestRecord
-from state.store import Store
+from state.store import Store, bump_statement
 
 log = logging.getLogger("routedeck.rollout")
 
@@ -335,6 +335,16 @@ class _Rollout:
     actor: str
     arms: dict[str, ArmStats] = field(default_factory=dict)
     passing_since: float | None = None
+    rowid: int = 0
+    """The request log has been read up to this row for the stage's signals."""
+
+    def reset(self) -> None:
+        self.arms = {
+            ARM_BASELINE: ArmStats(random.Random()),
+            ARM_CANDIDATE: ArmStats(random.Random()),
+        }
+        self.rowid = 0
+        self.passing_since = None
 
 
 Audit = Callable[[AuditView], None]
@@ -453,7 +463,7 @@ class Rollouts:
                 (_json(routing), now),
             ),
         ]
-        await self._store.write_many(statements)
+        await self._commit(statements)
         rows = await self._store.query("SELECT * FROM releases WHERE id = ?", (rid,))
         return make_release(self._file_config, dict(rows[0]))
 
@@ -487,20 +497,68 @@ class Rollouts:
             salt=row["salt"],
             actor=row["actor"],
         )
-        rollout.arms = {ARM_BASELINE: ArmStats(self._rng), ARM_CANDIDATE: ArmStats(self._rng)}
+        rollout.reset()
         self._rollout = rollout
-        await self._rebuild_stats(rollout)
+        await self.refresh()
 
-    async def _rebuild_stats(self, rollout: _Rollout) -> None:
-        """The stage's signals from the request log (rows written before a restart)."""
-        assert self._baseline is not None
+    async def reload(self) -> None:
+        """Follow changes another process sharing the state file made: a new baseline, a new
+        candidate, its stage or state. The stage's signals carry on when the stage did not
+        change."""
+        rows = await self._store.query(
+            "SELECT * FROM releases WHERE status IN ('baseline', 'candidate') ORDER BY id"
+        )
+        baseline_row = next((dict(r) for r in rows if r["status"] == "baseline"), None)
+        candidate_row = next((dict(r) for r in rows if r["status"] == "candidate"), None)
+        if baseline_row is not None and baseline_row["id"] != self.baseline.id:
+            try:
+                self._set_baseline(make_release(self._file_config, baseline_row))
+            except ConfigError:
+                log.exception("release r%s does not fit this config", baseline_row["id"])
+        rollout = self._rollout
+        if candidate_row is None:
+            self._rollout = None
+            return
+        if rollout is None or rollout.candidate.id != candidate_row["id"]:
+            await self._load_candidate(candidate_row)
+            return
+        names = [s.name for s in self._settings.stages]
+        if candidate_row["stage"] in names:
+            rollout.stage_index = names.index(candidate_row["stage"])
+        rollout.state = "halted" if candidate_row["rollout_state"] == "halted" else "running"
+        rollout.state_reason = candidate_row["state_reason"] or ""
+        if candidate_row["stage_started_at"] != rollout.stage_started_at:
+            rollout.stage_started_at = candidate_row["stage_started_at"]
+            rollout.reset()
+        await self.refresh()
+
+    async def refresh(self) -> None:
+        """Read the request log's new rows into the stage's signals.
+
+        Signals come from the shared log, not from this process's own requests, so every
+        process sharing the state file judges the same traffic, and a restarted one picks up
+        where it was. Rows reach the log within the writer's flush interval."""
+        rollout = self._rollout
+        if rollout is None or rollout.state != "running":
+            return
+        top_rows = await self._store.query("SELECT MAX(rowid) FROM requests")
+        top = int(top_rows[0][0] or 0)
+        if top <= rollout.rowid:
+            return
         rows = await self._store.query(
             "SELECT r.*, (SELECT group_concat(a.outcome) FROM attempts a "
             "WHERE a.request_id = r.request_id AND a.outcome != 'ok') AS causes "
-            "FROM requests r WHERE r.started_at >= ? AND r.release IN (?, ?) "
-            "ORDER BY r.started_at",
-            (rollout.stage_started_at, rollout.candidate.id, self._baseline.id),
+            "FROM requests r WHERE r.rowid > ? AND r.rowid <= ? AND +r.started_at >= ? "
+            "AND r.release IN (?, ?)",
+            (
+                rollout.rowid,
+                top,
+                rollout.stage_started_at,
+                rollout.candidate.id,
+                self.baseline.id,
+            ),
         )
+        rollout.rowid = top
         fields = RequestRecord.__dataclass_fields__
         for row in rows:
             rec = RequestRecord(**{k: row[k] for k in fields})
@@ -537,15 +595,6 @@ class Rollouts:
         if bucket(rollout.salt, unit) < percent * (_BUCKETS / 100):
             return ARM_CANDIDATE, rollout.candidate
         return ARM_BASELINE, baseline
-
-    def observe(self, rec: RequestRecord, causes: Sequence[str]) -> None:
-        """Count a logged request towards its arm's signals in the current stage."""
-        rollout = self._rollout
-        if rollout is None or rollout.state != "running" or not judged(rec):
-            return
-        stats = rollout.arms.get(rec.arm)
-        if stats is not None and rec.started_at >= rollout.stage_started_at:
-            stats.add(rec, causes)
 
     # -- the view --------------------------------------------------------------------------
 
@@ -750,6 +799,7 @@ class Rollouts:
     # -- applying --------------------------------------------------------------------------
 
     async def submit(self, command: RolloutCommand, *, actor: str, reason: str) -> CommandResult:
+        await self.reload()  # act on the newest state, whichever process changed it last
         effect, routing = self._plan(command)
         action = command_name(command)
         now = self._clock()
@@ -838,7 +888,7 @@ class Rollouts:
                 summary,
                 {**detail, "before": baseline.label, "after": release.label},
             )
-            await self._store.write_many(
+            await self._commit(
                 [
                     (
                         "UPDATE releases SET status = 'retired', ended_at = ? WHERE id = ?",
@@ -867,7 +917,7 @@ class Rollouts:
             summary,
             {**detail, "stage": stage.name, "skipped": skipped, "before": baseline.label},
         )
-        await self._store.write_many(
+        await self._commit(
             [
                 (
                     "UPDATE releases SET status = 'candidate', stage = ?, stage_started_at = ?, "
@@ -878,7 +928,7 @@ class Rollouts:
             ]
         )
         rollout = _Rollout(release, index, now, "running", "", salt, actor)
-        rollout.arms = {ARM_BASELINE: ArmStats(self._rng), ARM_CANDIDATE: ArmStats(self._rng)}
+        rollout.reset()
         self._rollout = rollout
         return CommandResult(True, summary, audit_id)
 
@@ -922,7 +972,7 @@ class Rollouts:
         detail: dict[str, Any],
     ) -> None:
         stage = self._settings.stages[index].name
-        await self._store.write_many(
+        await self._commit(
             [
                 (
                     "UPDATE releases SET stage = ?, stage_started_at = ?, "
@@ -936,8 +986,7 @@ class Rollouts:
         rollout.stage_started_at = now
         rollout.state = "running"
         rollout.state_reason = ""
-        rollout.passing_since = None
-        rollout.arms = {ARM_BASELINE: ArmStats(self._rng), ARM_CANDIDATE: ArmStats(self._rng)}
+        rollout.reset()
 
     async def _promote(self, *, actor: str, detail: dict[str, Any]) -> CommandResult:
         rollout = self._rollout
@@ -955,7 +1004,7 @@ class Rollouts:
             summary,
             {**detail, "before": old.label, "after": release.label},
         )
-        await self._store.write_many(
+        await self._commit(
             [
                 (
                     "UPDATE releases SET status = 'retired', ended_at = ? WHERE id = ?",
@@ -1011,7 +1060,7 @@ class Rollouts:
         detail: dict[str, Any] | None = None,
     ) -> None:
         now = self._clock()
-        await self._store.write_many(
+        await self._commit(
             [
                 (
                     "UPDATE releases SET status = ?, ended_at = ?, rollout_state = NULL, "
@@ -1022,19 +1071,26 @@ class Rollouts:
             ]
         )
 
+    async def _commit(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> None:
+        # One transaction with the bump that makes other processes on this file reload.
+        await self._store.write_many([*statements, bump_statement(self._clock())])
+
     def _set_baseline(self, release: Release) -> None:
         self._baseline = release
         self._on_baseline(release)
 
     # -- automation ------------------------------------------------------------------------
 
-    async def evaluate(self) -> str | None:
-        """Act on the gates: halt or roll back on a failing gate, advance after the dwell.
+    async def evaluate(self, *, act: bool = True) -> str | None:
+        """Bring the signals up to date and, with ``act``, act on the gates: halt or roll back
+        on a failing gate, advance after the dwell.
 
         Returns what it did (``halted``, ``rolled_back``, ``advanced``, ``promoted``) or None.
-        The engine calls this with every snapshot."""
+        The engine calls this with every snapshot; only the process holding the automation
+        lease acts, so that processes sharing a state file decide once."""
+        await self.refresh()
         rollout = self._rollout
-        if rollout is None or rollout.state != "running":
+        if rollout is None or rollout.state != "running" or not act:
             return None
         now = self._clock()
         gates = self._gates(rollout)
@@ -1050,8 +1106,14 @@ class Rollouts:
                 action = "rolled_back"
             else:
                 message = f"{label} halted at {stage}, traffic back on {self.baseline.label}: {why}"
-                await self._write_audit("gate", "halt", label, message, detail)
-                await self._store.write_many(
+                await self._write_audit(
+                    "gate",
+                    "halt",
+                    label,
+                    message,
+                    {**detail, "before": f"{stage} running", "after": f"{stage} halted"},
+                )
+                await self._commit(
                     [
                         (
                             "UPDATE releases SET rollout_state = 'halted', state_reason = ? "

@@ -108,6 +108,7 @@ class KeyRing:
             "VALUES (?, ?, ?, ?, ?, ?, NULL)",
             (record.id, tenant, name, _hash(key), record.prefix, now),
         )
+        await self._store.bump_state()  # other processes on this file reload their keys
         self._by_hash[_hash(key)] = record
         return key, record
 
@@ -119,6 +120,7 @@ class KeyRing:
                     await self._store.write(
                         "UPDATE api_keys SET revoked_at = ? WHERE id = ?", (now, key_id)
                     )
+                    await self._store.bump_state()
                     record = ApiKey(
                         record.id,
                         record.tenant,

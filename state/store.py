@@ -419,6 +419,37 @@ class Store:
             )
         )
 
+    async def bump_state(self) -> None:
+        """Count a change to shared operator state (drains, safe mode, keys, releases), so that
+        other processes on this file reload it (`state_seq`); returns after COMMIT."""
+        await self._submit((bump_statement(self._clock()),))
+
+    async def state_seq(self) -> int:
+        """How many shared-state changes this file has seen (see `bump_state`)."""
+        rows = await self.query("SELECT value FROM kv WHERE key = 'state_seq'")
+        return int(rows[0][0]) if rows else 0
+
+    async def take_lease(self, name: str, owner: str, *, now: float, ttl_s: float) -> bool:
+        """Hold the lease ``name`` for ``ttl_s`` more seconds if it is free, expired or already
+        ours; True when ``owner`` holds it afterwards. One process at a time runs the work a
+        lease guards (automatic gate decisions, retention), whatever the processes sharing the
+        file."""
+        value = _dumps({"owner": owner, "until": now + ttl_s})
+        await self._submit(
+            (
+                (
+                    "INSERT INTO kv (key, value, updated_at) VALUES (?, ?, ?) "
+                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value, "
+                    "updated_at = excluded.updated_at "
+                    "WHERE json_extract(kv.value, '$.owner') = ? "
+                    "OR json_extract(kv.value, '$.until') < ?",
+                    (f"lease:{name}", value, now, owner, now),
+                ),
+            )
+        )
+        holder = await self.kv_get(f"lease:{name}")
+        return isinstance(holder, dict) and holder.get("owner") == owner
+
     async def kv_delete(self, key: str) -> None:
         """Remove a setting durably (nothing happens if it is absent); returns after COMMIT."""
         await self._submit((("DELETE FROM kv WHERE key = ?", (key,)),))
@@ -638,13 +669,51 @@ class Store:
         )
         return [attempt_from_row(row) for row in reversed(rows)]
 
-    async def fetch_audit(self, limit: int = 100) -> list[dict[str, Any]]:
-        """The latest ``limit`` audit entries, oldest first, as dicts with keys id, at, actor,
-        action, target, detail (decoded) and result."""
+    async def fetch_audit(
+        self,
+        limit: int = 100,
+        *,
+        actor: str | None = None,
+        action: str | None = None,
+        target: str | None = None,
+        result: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        text: str | None = None,
+        after_id: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """The latest ``limit`` audit entries matching every filter given, oldest first, as
+        dicts with keys id, at, actor, action, target, detail (decoded) and result.
+
+        ``action`` matches a prefix (``keys`` finds ``keys.create`` and ``keys.revoke``);
+        ``text`` is a case-insensitive substring of the detail (reason, summary, before and
+        after); ``after_id`` returns only newer entries (for following the log)."""
+        where: list[str] = []
+        params: list[Any] = []
+        for column, value in (("actor", actor), ("target", target), ("result", result)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if action is not None:
+            where.append("action LIKE ? ESCAPE '\\'")
+            params.append(_like_prefix(action))
+        if since is not None:
+            where.append("at >= ?")
+            params.append(since)
+        if until is not None:
+            where.append("at < ?")
+            params.append(until)
+        if text is not None:
+            where.append("instr(lower(detail), lower(?)) > 0")
+            params.append(text)
+        if after_id is not None:
+            where.append("id > ?")
+            params.append(after_id)
+        clause = f"WHERE {' AND '.join(where)} " if where else ""
         rows = await self.query(
             "SELECT id, at, actor, action, target, detail, result FROM audit "
-            "ORDER BY id DESC LIMIT ?",
-            (_limit(limit),),
+            f"{clause}ORDER BY id DESC LIMIT ?",
+            (*params, _limit(limit)),
         )
         entries = []
         for row in reversed(rows):
@@ -668,6 +737,21 @@ def _limit(limit: int) -> int:
     if limit < 0:
         raise ValueError(f"limit must be >= 0, got {limit}")
     return limit
+
+
+def bump_statement(now: float) -> Statement:
+    """The statement `Store.bump_state` runs, to put in a transaction with the change itself."""
+    return (
+        "INSERT INTO kv (key, value, updated_at) VALUES ('state_seq', '1', ?) "
+        "ON CONFLICT (key) DO UPDATE SET value = CAST(value AS INTEGER) + 1, "
+        "updated_at = excluded.updated_at",
+        (now,),
+    )
+
+
+def _like_prefix(prefix: str) -> str:
+    escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped + "%"
 
 
 def _dumps(value: Any) -> str:
