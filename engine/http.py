@@ -8,11 +8,15 @@ Routes:
 - ``GET /v1/models`` — every model name routedeck answers to (tiers, deployments, aliases), in a
   list both SDKs parse.
 - ``GET /healthz`` — 200 while running, 503 while stopping.
+- ``GET /metrics`` — Prometheus text format 0.0.4 (`engine.prometheus`); access as the admin
+  routes.
 - ``GET /admin/snapshot`` — the live `Snapshot` as JSON.
 - ``POST /admin/preview`` — what a command would do (an `Effect`), without doing it.
 - ``POST /admin/commands`` — apply a command (``{"command": "drain", "target": "sim-fast",
   "actor": "...", "reason": "..."}``, see `engine.commands`); 200 when applied, 409 when refused.
-- ``GET /admin/audit?limit=N`` — the newest audit entries, oldest first.
+- ``GET /admin/audit?limit=N`` — the newest audit entries, oldest first; filters ``actor``,
+  ``action`` (a prefix), ``target``, ``result``, ``since``/``until`` (Unix seconds), ``q`` (text
+  in the detail) and ``after`` (an id: only newer entries, for following the log).
 - ``GET /admin/rollout`` — the baseline, the rollout in progress (a `RolloutView`, or null)
   and the newest releases with their rollout events. Rollouts are driven with commands:
   ``rollout_start`` (``toml``, ``note``, ``emergency``), ``edit_tier`` (``tier``, ``mapping``),
@@ -55,6 +59,8 @@ from engine.commands import Command, CommandError, command_from_dict
 from engine.control import RequestFailed
 from engine.engine import Engine
 from engine.pipeline import Inbound, ResponseMeta, Session, new_request_id
+from engine.prometheus import CONTENT_TYPE as PROMETHEUS_CONTENT_TYPE
+from engine.prometheus import render as render_prometheus
 from engine.releases import export_toml
 from engine.routing import RoutingError, constraints_from
 from engine.tenants import TENANT_LOCAL, ApiKey
@@ -456,6 +462,13 @@ def create_app(engine: Engine, *, admin_token: str | None, host: str) -> Starlet
             return denied
         return Response(orjson.dumps(engine.snapshot()), media_type="application/json")
 
+    async def metrics(request: Request) -> Response:
+        denied = admin_denied(request)
+        if denied is not None:
+            return denied
+        text = render_prometheus(engine.metrics.totals, engine.snapshot())
+        return Response(text, media_type=PROMETHEUS_CONTENT_TYPE)
+
     async def admin_body(request: Request) -> tuple[Command, dict[str, Any]] | Response:
         denied = admin_denied(request)
         if denied is not None:
@@ -490,11 +503,34 @@ def create_app(engine: Engine, *, admin_token: str | None, host: str) -> Starlet
         denied = admin_denied(request)
         if denied is not None:
             return denied
+        query = request.query_params
         try:
-            limit = int(request.query_params.get("limit", "100"))
+            limit = int(query.get("limit", "100"))
+            after = int(query["after"]) if "after" in query else None
+            since = float(query["since"]) if "since" in query else None
+            until = float(query["until"]) if "until" in query else None
         except ValueError:
-            return _json({"error": {"message": "limit must be a whole number"}}, 400)
-        return _json({"entries": await engine.store.fetch_audit(max(1, min(limit, 10_000)))})
+            return _json(
+                {
+                    "error": {
+                        "message": "limit and after take whole numbers, since and until Unix "
+                        "seconds"
+                    }
+                },
+                400,
+            )
+        entries = await engine.store.fetch_audit(
+            max(1, min(limit, 10_000)),
+            actor=query.get("actor") or None,
+            action=query.get("action") or None,
+            target=query.get("target") or None,
+            result=query.get("result") or None,
+            since=since,
+            until=until,
+            text=query.get("q") or None,
+            after_id=after,
+        )
+        return _json({"entries": entries})
 
     async def admin_rollout(request: Request) -> Response:
         denied = admin_denied(request)
@@ -565,7 +601,14 @@ def create_app(engine: Engine, *, admin_token: str | None, host: str) -> Starlet
             str(actor),
             "keys.create",
             record.id,
-            {"tenant": tenant, "name": name, "prefix": record.prefix},
+            {
+                "summary": f"created {record.id} ({record.prefix}…) for tenant {tenant}",
+                "tenant": tenant,
+                "name": name,
+                "prefix": record.prefix,
+                "before": "none",
+                "after": "active",
+            },
             "applied",
         )
         return _json({**key_json(record), "key": key}, 201)
@@ -586,7 +629,16 @@ def create_app(engine: Engine, *, admin_token: str | None, host: str) -> Starlet
                 404,
             )
         await engine.store.audit(
-            "admin-api", "keys.revoke", key_id, {"prefix": record.prefix}, "applied"
+            "admin-api",
+            "keys.revoke",
+            key_id,
+            {
+                "summary": f"revoked {key_id} ({record.prefix}…, tenant {record.tenant})",
+                "prefix": record.prefix,
+                "before": "active",
+                "after": "revoked",
+            },
+            "applied",
         )
         return _json(key_json(record))
 
@@ -622,6 +674,7 @@ def create_app(engine: Engine, *, admin_token: str | None, host: str) -> Starlet
             Route("/v1/messages", proxy(_Anthropic()), methods=["POST"]),
             Route("/v1/models", models, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
             Route("/admin/snapshot", admin_snapshot, methods=["GET"]),
             Route("/admin/preview", admin_preview, methods=["POST"]),
             Route("/admin/commands", admin_command, methods=["POST"]),

@@ -16,6 +16,9 @@ Health, per deployment, over the last ``window_s`` seconds:
 
 Failures the client caused (bad request, context too long, going away mid-stream) do not count
 against health.
+
+``totals`` (`engine.prometheus.Totals`) is fed from the same two hooks: cumulative counters and
+histograms since the process started, for ``GET /metrics``.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from dataclasses import dataclass, field
 
 from engine.breakers import Breakers, BreakerView
 from engine.config import Config, TierConfig
+from engine.prometheus import Totals
 from engine.releases import format_mapping
 from engine.snapshot import (
     DeploymentView,
@@ -113,6 +117,7 @@ class Metrics:
         self._unpriced: dict[str, int] = {}
         self.successes_today = 0
         self.cost_today = 0.0
+        self.totals = Totals(config)
 
     @staticmethod
     def _day_of(now: float) -> int:
@@ -126,6 +131,7 @@ class Metrics:
     def attempt_finished(self, rec: AttemptRecord) -> None:
         stats = self._deployments[rec.deployment]
         stats.in_flight -= 1
+        self.totals.attempt_finished(rec)
         now = self._clock()
         if rec.outcome in CLIENT_CAUSES:
             return
@@ -150,6 +156,7 @@ class Metrics:
     def request_finished(
         self, rec: RequestRecord, path: tuple[str, ...], fallback_causes: tuple[str, ...]
     ) -> None:
+        self.totals.request_finished(rec, path, fallback_causes)
         now = self._clock()
         self.requests_total += 1
         self._requests.add(now)
