@@ -12,6 +12,7 @@
     routedeck safe-mode on|off [--url U]
     routedeck keys create --tenant T [--name N] | list | revoke ID [--url U]
     routedeck rollout status | start --config F | edit TIER MAPPING | advance | rollback | export
+    routedeck audit [--actor A] [--action X] [--since 24h] [--grep TEXT] [--follow] [--url U]
 
 The config comes from ``--config``, else ``$ROUTEDECK_CONFIG``, else ``./routedeck.toml``.
 Exit codes: 0 success, 1 runtime failure, 2 bad usage or a bad config.
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import sys
@@ -206,6 +208,84 @@ def _cmd_keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_audit(args: argparse.Namespace) -> int:
+    import httpx
+
+    from engine.reporting import parse_window
+
+    token = os.environ.get(args.token_env) or None
+    headers = {"authorization": f"Bearer {token}"} if token else {}
+    base = args.url.rstrip("/")
+    params: dict[str, str] = {"limit": str(args.limit)}
+    for name in ("actor", "action", "target", "result"):
+        value = getattr(args, name)
+        if value:
+            params[name] = value
+    if args.grep:
+        params["q"] = args.grep
+    if args.since:
+        try:
+            start, _ = parse_window(args.since, None, None, now=time.time())
+        except ValueError as exc:
+            print(f"routedeck: {exc}", file=sys.stderr)
+            return 2
+        params["since"] = str(start)
+    last = 0
+    try:
+        with httpx.Client(base_url=base, headers=headers, timeout=10) as http:
+            while True:
+                r = http.get(
+                    "/admin/audit", params={**params, **({"after": str(last)} if last else {})}
+                )
+                if r.status_code >= 400:
+                    try:
+                        message = r.json()["error"]["message"]
+                    except (ValueError, KeyError, TypeError):
+                        message = f"HTTP {r.status_code}"
+                    print(f"routedeck: {message}", file=sys.stderr)
+                    return 1
+                entries = r.json()["entries"]
+                if args.json:
+                    for entry in entries:
+                        print(json.dumps(entry))
+                else:
+                    for entry in entries:
+                        print(_audit_line(entry))
+                if entries:
+                    last = entries[-1]["id"]
+                if not args.follow:
+                    return 0
+                sys.stdout.flush()
+                time.sleep(1.0)  # --follow polls the admin API once a second
+    except httpx.HTTPError as exc:
+        print(f"routedeck: cannot reach routedeck at {base}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+
+
+def _audit_line(entry: dict[str, Any]) -> str:
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(entry["at"]))
+    detail = entry.get("detail") or {}
+    summary = detail.get("summary") or ""
+    reason = detail.get("reason") or ""
+    change = ""
+    if "before" in detail and "after" in detail:
+        change = f" [{_short(detail['before'])} → {_short(detail['after'])}]"
+    target = f" {entry['target']}" if entry.get("target") else ""
+    text = f"#{entry['id']} {when} {entry['actor']}: {entry['action']}{target} ({entry['result']})"
+    if summary:
+        text += f" — {summary}"
+    if reason:
+        text += f" — reason: {reason}"
+    return text + change
+
+
+def _short(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from engine.reporting import parse_window, print_daily_report, print_window_report
 
@@ -319,6 +399,24 @@ def _parser() -> argparse.ArgumentParser:
 
     rollout_cli.add_parser(sub, operator_args)
 
+    audit = sub.add_parser("audit", help="the audit trail of a running engine: tail and search")
+    audit.add_argument("--limit", type=int, default=50, help="the newest N entries (default 50)")
+    audit.add_argument("--actor", help="only this actor")
+    audit.add_argument(
+        "--action", help="only actions starting with this (keys, rollout_start, ...)"
+    )
+    audit.add_argument("--target", help="only this target (a provider, a release like r4, ...)")
+    audit.add_argument("--result", choices=["applied", "refused"], help="only applied or refused")
+    audit.add_argument("--since", help="only the last 90m, 24h, 7d, ...")
+    audit.add_argument("--grep", help="only entries whose detail (reason, summary, ...) has this")
+    audit.add_argument("--follow", "-f", action="store_true", help="keep printing new entries")
+    audit.add_argument("--json", action="store_true", help="one JSON object per line")
+    audit.add_argument("--url", default="http://127.0.0.1:8787", help="the running engine")
+    audit.add_argument(
+        "--token-env", default="ROUTEDECK_ADMIN_TOKEN", help="env var holding the admin token"
+    )
+    audit.set_defaults(func=_cmd_audit)
+
     serve = sub.add_parser("serve", help="run the proxy headless")
     config_args(serve, demo=True)
     serve.add_argument("--host", help="address to listen on (default: [server] host)")
@@ -363,6 +461,7 @@ VERBS = frozenset(
         "safe-mode",
         "keys",
         "rollout",
+        "audit",
         "report",
         "serve",
         "sim",

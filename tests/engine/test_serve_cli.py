@@ -214,3 +214,37 @@ def test_rollout_cli_steps_a_release_on_a_running_engine(
     exported = parse_config(out_file.read_text())
     assert exported.tiers["low"].deployments == ("local-llama",)
     assert exported.tiers["medium"].deployments == ("balanced-sonnet", "fast-mini")
+
+
+def test_audit_cli_tails_and_searches_a_running_engine(
+    demo: tuple[str, subprocess.Popen[str], Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from console.cli import main
+
+    url, _, _ = demo
+    assert (
+        main(["drain", "sim-fast", "--url", url, "--reason", "INC-9 drill", "--actor", "ana"]) == 0
+    )
+    assert main(["undrain", "sim-fast", "--url", url, "--actor", "bo"]) == 0
+    assert main(["drain", "nope", "--url", url, "--actor", "bo"]) == 1
+    capsys.readouterr()
+
+    assert main(["audit", "--url", url]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3
+    assert "ana: drain sim-fast (applied)" in lines[0] and "reason: INC-9 drill" in lines[0]
+    assert "[" in lines[0] and "→" in lines[0]  # before → after
+    assert "bo: drain nope (refused)" in lines[2]
+
+    assert main(["audit", "--url", url, "--actor", "bo", "--json"]) == 0
+    entries = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(e["action"], e["result"]) for e in entries] == [
+        ("undrain", "applied"),
+        ("drain", "refused"),
+    ]
+    assert main(["audit", "--url", url, "--grep", "inc-9"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 1
+    assert main(["audit", "--url", url, "--result", "refused", "--since", "1h"]) == 0
+    assert "drain nope" in capsys.readouterr().out
+    assert main(["audit", "--url", url, "--since", "soon"]) == 2
+    assert "--since takes a span" in capsys.readouterr().err
