@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -54,6 +55,7 @@ from engine.tenants import KeyRing
 from engine.tokens import TokenCounter
 from providers.adapters import Adapter, AnthropicAdapter, OpenAIAdapter
 from providers.canonical import ChatRequest, ChatResponse
+from providers.http1 import Pool
 from providers.sim import SimProfile, SimServer
 from state.rollups import Pruned, prune, roll_up
 from state.store import Store
@@ -145,14 +147,6 @@ class Engine:
         adapters: dict[str, Adapter] = {}
         by_provider: dict[str, Adapter] = {}
         for name, provider in config.providers.items():
-            client = httpx.AsyncClient(
-                limits=httpx.Limits(
-                    max_connections=provider.max_connections,
-                    max_keepalive_connections=provider.max_connections,
-                ),
-                timeout=None,
-            )
-            self._stack.push_async_callback(client.aclose)
             key = self._environ.get(provider.api_key_env) if provider.api_key_env else None
             if provider.simulated is not None:
                 assert self.sim is not None
@@ -160,6 +154,7 @@ class Engine:
             else:
                 assert provider.base_url is not None
                 base_url = provider.base_url
+            client = self._upstream_client(base_url, provider.max_connections)
             if provider.protocol == "anthropic":
                 by_provider[name] = AnthropicAdapter(
                     client, base_url=base_url, api_key=key, headers=provider.headers, name=name
@@ -220,6 +215,24 @@ class Engine:
         self._publish()
         publisher = asyncio.create_task(self._publisher(), name="routedeck-snapshots")
         self._stack.push_async_callback(_cancel, publisher)
+
+    def _upstream_client(self, base_url: str, max_connections: int) -> httpx.AsyncClient | Pool:
+        """The connection pool for one provider: routedeck's lean HTTP/1.1 client, or httpx
+        when the environment names an HTTP proxy for the upstream (httpx honours
+        ``HTTPS_PROXY``, ``HTTP_PROXY``, ``ALL_PROXY`` and ``NO_PROXY``; the lean client does
+        not)."""
+        if _proxied(base_url, self._environ):
+            client = httpx.AsyncClient(
+                limits=httpx.Limits(
+                    max_connections=max_connections, max_keepalive_connections=max_connections
+                ),
+                timeout=None,
+            )
+            self._stack.push_async_callback(client.aclose)
+            return client
+        pool = Pool(base_url, max_connections=max_connections)
+        self._stack.push_async_callback(pool.aclose)
+        return pool
 
     async def __aexit__(
         self,
@@ -548,6 +561,21 @@ class Engine:
 
     def _newer_than(self, seq: int) -> bool:
         return self._latest is not None and self._latest.seq != seq
+
+
+def _proxied(url: str, environ: Mapping[str, str]) -> bool:
+    """Whether the environment sends requests to ``url`` through an HTTP proxy."""
+    host = urlsplit(url).hostname or ""
+    scheme = urlsplit(url).scheme
+    names = (f"{scheme}_proxy", "all_proxy")
+    proxy = next((environ[n] for key in names for n in (key, key.upper()) if environ.get(n)), None)
+    if not proxy:
+        return False
+    no_proxy = environ.get("no_proxy") or environ.get("NO_PROXY") or ""
+    for entry in (e.strip().lstrip(".") for e in no_proxy.split(",")):
+        if entry == "*" or (entry and (host == entry or host.endswith("." + entry))):
+            return False
+    return host not in ("127.0.0.1", "localhost", "::1")
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:

@@ -9,13 +9,15 @@ Both adapters implement `Adapter`:
   `StreamEnd`.
 
 ``model`` is the upstream model id to call (the request's own ``model`` is the client's name).
-Adapters hold no state between calls; the `httpx.AsyncClient` they are given is shared and
-owned by the caller. Every response is closed before the call returns or the generator ends,
+Adapters hold no state between calls. They are given the connection pool to call through,
+shared and owned by the caller: a `providers.http1.Pool` (what the engine uses: a lean
+HTTP/1.1 client, about a tenth of httpx's CPU per call) or an `httpx.AsyncClient` (honours
+``HTTPS_PROXY`` and friends; tests drive it with ``httpx.MockTransport``). Every response is closed before the call returns or the generator ends,
 also when the consumer stops iterating early (``aclose()`` or leaving an ``async for``).
 Before the `StreamEnd` the adapter reads what is left of the body, normally nothing, so that the
 connection can go back to the pool.
 
-Failures are raised as `providers.errors` types, never as httpx exceptions:
+Failures are raised as `providers.errors` types, never as transport exceptions:
 
 ====================================================  =======================================
 upstream                                              raised
@@ -57,7 +59,7 @@ from urllib.parse import urlsplit
 import httpx
 import orjson
 
-from providers import anthropic_wire, errors, openai_wire
+from providers import anthropic_wire, errors, http1, openai_wire
 from providers.canonical import ChatRequest, ChatResponse, StreamEnd, StreamEvent
 from providers.sse import aiter_sse
 
@@ -257,15 +259,18 @@ def map_anthropic_error(
 
 
 def map_transport_error(
-    exc: httpx.HTTPError, *, upstream: str = "upstream", secrets: Iterable[str] = ()
+    exc: httpx.HTTPError | http1.UpstreamError,
+    *,
+    upstream: str = "upstream",
+    secrets: Iterable[str] = (),
 ) -> errors.ProviderError:
-    """The error for an httpx exception raised before a complete answer arrived."""
+    """The error for a transport exception raised before a complete answer arrived."""
     detail = redact(str(exc), secrets) or type(exc).__name__
-    if isinstance(exc, httpx.ConnectTimeout):
+    if isinstance(exc, httpx.ConnectTimeout | http1.ConnectTimeout):
         return errors.ProviderTimeout(
             f"{upstream}: no connection within the connect timeout ({detail})", phase="connect"
         )
-    if isinstance(exc, httpx.TimeoutException):
+    if isinstance(exc, httpx.TimeoutException | http1.ReadTimeout):
         return errors.ProviderTimeout(
             f"{upstream}: no data within the read timeout ({type(exc).__name__}: {detail})",
             phase="read",
@@ -304,6 +309,96 @@ def _httpx_timeout(t: Timeouts) -> httpx.Timeout:
     return httpx.Timeout(connect=t.connect, read=t.read, write=t.read, pool=t.connect)
 
 
+@functools.lru_cache(maxsize=64)
+def _http1_timeouts(t: Timeouts) -> http1.Timeouts:
+    return http1.Timeouts(connect=t.connect, read=t.read)
+
+
+TransportError = (httpx.HTTPError, http1.UpstreamError)
+"""What either transport raises for a failed exchange."""
+
+
+class _Stream(Protocol):
+    status: int
+    headers: Mapping[str, str]
+
+    def __aiter__(self) -> AsyncIterator[bytes]: ...
+
+    async def aread(self) -> bytes: ...
+
+    async def aclose(self) -> None: ...
+
+
+class _Transport(Protocol):
+    async def post(self, body: bytes, timeouts: Timeouts) -> tuple[int, Mapping[str, str], bytes]:
+        """(status, headers, body), the whole body read."""
+        ...
+
+    async def stream(self, body: bytes, timeouts: Timeouts) -> _Stream: ...
+
+
+class _Http1Transport:
+    """Calls through a `providers.http1.Pool`: the engine's transport."""
+
+    __slots__ = ("_headers", "_path", "_pool")
+
+    def __init__(self, pool: http1.Pool, path: str, headers: Mapping[str, str]) -> None:
+        self._pool = pool
+        self._path = path
+        # Encoded once: the pool sends them as they are with every call.
+        self._headers = tuple(
+            (name.encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()
+        )
+
+    async def post(self, body: bytes, timeouts: Timeouts) -> tuple[int, Mapping[str, str], bytes]:
+        response = await self._pool.post(self._path, body, self._headers, _http1_timeouts(timeouts))
+        return response.status, response.headers, response.body
+
+    async def stream(self, body: bytes, timeouts: Timeouts) -> _Stream:
+        return await self._pool.stream(self._path, body, self._headers, _http1_timeouts(timeouts))
+
+
+class _HttpxStream:
+    __slots__ = ("_response", "headers", "status")
+
+    def __init__(self, response: httpx.Response) -> None:
+        self._response = response
+        self.status = response.status_code
+        self.headers: Mapping[str, str] = response.headers
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._response.aiter_bytes()
+
+    async def aread(self) -> bytes:
+        return await self._response.aread()
+
+    async def aclose(self) -> None:
+        await self._response.aclose()
+
+
+class _HttpxTransport:
+    """Calls through an `httpx.AsyncClient` (proxies from the environment, mock transports)."""
+
+    __slots__ = ("_client", "_headers", "_url")
+
+    def __init__(self, client: httpx.AsyncClient, url: str, headers: Mapping[str, str]) -> None:
+        self._client = client
+        self._url = url
+        self._headers = dict(headers)
+
+    async def post(self, body: bytes, timeouts: Timeouts) -> tuple[int, Mapping[str, str], bytes]:
+        response = await self._client.post(
+            self._url, content=body, headers=self._headers, timeout=_httpx_timeout(timeouts)
+        )
+        return response.status_code, response.headers, response.content
+
+    async def stream(self, body: bytes, timeouts: Timeouts) -> _Stream:
+        request = self._client.build_request(
+            "POST", self._url, content=body, headers=self._headers, timeout=_httpx_timeout(timeouts)
+        )
+        return _HttpxStream(await self._client.send(request, stream=True))
+
+
 class _StreamDecoder(Protocol):
     done: bool
     error: dict[str, Any] | None
@@ -332,20 +427,24 @@ _CREDENTIAL_HINTS = ("key", "token", "secret", "auth")
 class _HTTPAdapter:
     """The HTTP call, error mapping and stream loop both protocols share."""
 
-    __slots__ = ("_client", "_headers", "_map_error", "_secrets", "_upstream", "_url")
+    __slots__ = ("_map_error", "_secrets", "_transport", "_upstream")
 
     def __init__(
         self,
-        client: httpx.AsyncClient,
-        url: str,
+        client: httpx.AsyncClient | http1.Pool,
+        base_url: str,
+        path: str,
         headers: dict[str, str],
         secrets: tuple[str, ...],
         map_error: _MapError,
         name: str | None,
     ) -> None:
-        self._client = client
-        self._url = url
-        self._headers = headers
+        url = base_url.rstrip("/") + path
+        self._transport: _Transport = (
+            _Http1Transport(client, path, headers)
+            if isinstance(client, http1.Pool)
+            else _HttpxTransport(client, url, headers)
+        )
         self._secrets = secrets
         self._map_error = map_error
         # Errors name the upstream: the provider's configured name, else the URL's host.
@@ -358,22 +457,17 @@ class _HTTPAdapter:
             status, headers, body, upstream=self._upstream, secrets=self._secrets
         )
 
-    def _transport_error(self, exc: httpx.HTTPError) -> errors.ProviderError:
+    def _transport_error(self, exc: httpx.HTTPError | http1.UpstreamError) -> errors.ProviderError:
         return map_transport_error(exc, upstream=self._upstream, secrets=self._secrets)
 
     async def _post(self, body: dict[str, Any], timeouts: Timeouts) -> bytes:
         try:
-            response = await self._client.post(
-                self._url,
-                content=orjson.dumps(body),
-                headers=self._headers,
-                timeout=_httpx_timeout(timeouts),
-            )
-        except httpx.HTTPError as exc:
+            status, headers, content = await self._transport.post(orjson.dumps(body), timeouts)
+        except TransportError as exc:
             raise self._transport_error(exc) from exc
-        if not response.is_success:
-            raise self._status_error(response.status_code, response.headers, response.content)
-        return response.content
+        if not 200 <= status < 300:
+            raise self._status_error(status, headers, content)
+        return content
 
     def _decoded(self, decode: Callable[[bytes], ChatResponse], content: bytes) -> ChatResponse:
         try:
@@ -387,7 +481,7 @@ class _HTTPAdapter:
     def _stream_error(
         self, exc: Exception, started: bool, decoder: _StreamDecoder
     ) -> errors.ProviderError:
-        if isinstance(exc, httpx.HTTPError):
+        if isinstance(exc, TransportError):
             if not started:
                 return self._transport_error(exc)
             detail = f"{type(exc).__name__}: {redact(str(exc), self._secrets)}"
@@ -426,25 +520,18 @@ class _HTTPAdapter:
         # Encoding happens here, on the first iteration, so that every failure of a stream,
         # including a request Anthropic cannot express, comes out of the iteration.
         body = encode()
-        request = self._client.build_request(
-            "POST",
-            self._url,
-            content=orjson.dumps(body),
-            headers=self._headers,
-            timeout=_httpx_timeout(timeouts),
-        )
         try:
-            response = await self._client.send(request, stream=True)
-        except httpx.HTTPError as exc:
+            response = await self._transport.stream(orjson.dumps(body), timeouts)
+        except TransportError as exc:
             raise self._transport_error(exc) from exc
         try:
-            if not response.is_success:
+            if not 200 <= response.status < 300:
                 try:
                     content = await response.aread()
-                except httpx.HTTPError:
+                except TransportError:
                     content = b""
-                raise self._status_error(response.status_code, response.headers, content)
-            events = aiter_sse(response.aiter_bytes())
+                raise self._status_error(response.status, response.headers, content)
+            events = aiter_sse(aiter(response))
             try:
                 started = False
                 while not decoder.done:
@@ -453,7 +540,7 @@ class _HTTPAdapter:
                         out = feed(event, data)
                     except StopAsyncIteration:
                         break
-                    except httpx.HTTPError as exc:
+                    except TransportError as exc:
                         raise self._stream_error(exc, started, decoder) from exc
                     except errors.ProviderError as exc:
                         # Not chained: the original message holds unredacted upstream text.
@@ -467,11 +554,11 @@ class _HTTPAdapter:
                     raise self._stream_error(exc, started, decoder) from None
                 # Normally only the end of the body is left. Read it before yielding the end:
                 # consumers stop at `StreamEnd` and close this generator, and an unread body
-                # makes httpx close the connection instead of returning it to the pool.
+                # makes the pool close the connection instead of reusing it.
                 try:
                     async for _ in events:
                         pass
-                except httpx.HTTPError:
+                except TransportError:
                     pass
                 yield end
             finally:
@@ -501,7 +588,7 @@ class OpenAIAdapter(_HTTPAdapter):
 
     def __init__(
         self,
-        client: httpx.AsyncClient,
+        client: httpx.AsyncClient | http1.Pool,
         *,
         base_url: str,
         api_key: str | None,
@@ -515,7 +602,8 @@ class OpenAIAdapter(_HTTPAdapter):
         base.update(headers)
         super().__init__(
             client,
-            base_url.rstrip("/") + "/chat/completions",
+            base_url,
+            "/chat/completions",
             base,
             _secrets(api_key, headers),
             map_openai_error,
@@ -562,7 +650,7 @@ class AnthropicAdapter(_HTTPAdapter):
 
     def __init__(
         self,
-        client: httpx.AsyncClient,
+        client: httpx.AsyncClient | http1.Pool,
         *,
         base_url: str,
         api_key: str | None,
@@ -577,7 +665,8 @@ class AnthropicAdapter(_HTTPAdapter):
         base.update(headers)
         super().__init__(
             client,
-            base_url.rstrip("/") + "/v1/messages",
+            base_url,
+            "/v1/messages",
             base,
             _secrets(api_key, headers),
             map_anthropic_error,
