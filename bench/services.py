@@ -14,19 +14,27 @@ What a caller may rely on:
   A process that exits or stays silent for ``ready_timeout_s`` raises `ServiceError` with the
   tail of its log. Output goes to ``<workdir>/<name>.log``, never to a pipe, so a chatty process
   cannot block on a full pipe.
+- With ``litellm=True`` it also starts LiteLLM's proxy (``litellm --config F --num_workers 1``)
+  from its own virtualenv, `LITELLM_VENV` (made by ``bench/setup_litellm.sh``), with the config
+  of `litellm_config` and the environment of `litellm_env`: nothing phones home, nothing is
+  written outside ``workdir`` and that virtualenv, and its one model ``bench-model`` goes to the
+  same simulator.
 - Pinning is done in the child before ``exec`` (``os.sched_setaffinity(0, cpus)``), so every
   thread the process starts later (the SQLite writer thread, for one) inherits it;
   `Service.affinity` reads it back per thread from ``/proc``.
-- Leaving the ``with`` block sends SIGTERM to both (proxy first), waits up to 10 s each, then
-  SIGKILLs. Only these processes, by their pid, are ever signalled.
+- Leaving the ``with`` block sends SIGTERM to each (the proxies first), waits up to 10 s each,
+  then SIGKILLs. Only these processes, by their pid, are ever signalled.
 - CPU and memory figures come from ``/proc/<pid>/stat`` (utime + stime, all threads, in clock
-  ticks of ``1/SC_CLK_TCK`` s, so 10 ms resolution) and ``/proc/<pid>/status`` (VmRSS, VmHWM).
+  ticks of ``1/SC_CLK_TCK`` s, so 10 ms resolution) and ``/proc/<pid>/status`` (VmRSS, VmHWM),
+  summed over the process and its descendants (a server that forks workers is counted whole;
+  children that have exited and been waited for count through the parent's cutime + cstime).
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import re
 import signal
@@ -41,6 +49,8 @@ from pathlib import Path
 
 __all__ = [
     "CLK_TCK",
+    "LITELLM_MODEL",
+    "LITELLM_VENV",
     "REPO",
     "SIM_PROFILE",
     "Service",
@@ -49,6 +59,10 @@ __all__ = [
     "code_identity",
     "cpu_busy_seconds",
     "export_ref",
+    "litellm_available",
+    "litellm_config",
+    "litellm_env",
+    "litellm_version",
     "proxy_config",
     "self_cpu_seconds",
 ]
@@ -61,7 +75,14 @@ SIM_PROFILE = "default:latency_ms=20,ttft_ms=10,tokens_per_s=0,jitter=0"
 """The upstream every benchmark measures against: 20 ms answers, 10 ms to the first streamed
 event, every token at once after it, no jitter."""
 
+LITELLM_VENV = Path(__file__).resolve().parent / ".venv-litellm"
+"""LiteLLM's own virtualenv, made by ``bench/setup_litellm.sh``; never the project's."""
+LITELLM_MODEL = "bench-model"
+"""The one model of LiteLLM's config: the simulator's model name, so that LiteLLM's upstream
+body can be the client's body as it came."""
+
 _LISTENING = re.compile(r"listening on (http://[^\s:]+:(\d+))")
+_UVICORN_RUNNING = re.compile(r"Uvicorn running on (http://[^\s:]+:(\d+))")
 
 
 class ServiceError(RuntimeError):
@@ -89,6 +110,109 @@ price = {{ input_per_mtok = 1.0, output_per_mtok = 2.0 }}
 [tiers.low]
 deployments = ["up-model"]
 """
+
+
+def litellm_available() -> bool:
+    """Whether ``bench/setup_litellm.sh`` has made `LITELLM_VENV`."""
+    return (LITELLM_VENV / "bin" / "litellm").is_file()
+
+
+def litellm_version() -> str | None:
+    """The LiteLLM version installed in `LITELLM_VENV` (from its dist-info), if any."""
+    for meta in sorted(LITELLM_VENV.glob("lib/python*/site-packages/litellm-*.dist-info/METADATA")):
+        for line in meta.read_text(errors="replace").splitlines():
+            if line.startswith("Version:"):
+                return line.split(":", 1)[1].strip()
+    return None
+
+
+def litellm_config(sim_port: int) -> str:
+    """LiteLLM's config for the benchmark (YAML): one model on the simulator, the same price as
+    routedeck's deployment, no retries, fallbacks, cooldowns, caching, callbacks or database.
+
+    There is no master key (LiteLLM refuses to start without one unless told to): routedeck's
+    benchmark config has no client authentication either.
+    """
+    return f"""\
+model_list:
+  - model_name: {LITELLM_MODEL}
+    litellm_params:
+      model: openai/{LITELLM_MODEL}
+      api_base: http://127.0.0.1:{sim_port}/v1
+      api_key: sk-bench-dummy
+      max_retries: 0
+    model_info:
+      input_cost_per_token: 0.000001
+      output_cost_per_token: 0.000002
+
+litellm_settings:
+  num_retries: 0
+  request_timeout: 30
+  cache: false
+  telemetry: false
+  callbacks: []
+  success_callback: []
+  failure_callback: []
+
+router_settings:
+  num_retries: 0
+  fallbacks: []
+  disable_cooldowns: true
+
+general_settings:
+  dangerously_permit_weak_or_unset_master_key: true
+  disable_spend_logs: true
+  disable_error_logs: true
+  allow_requests_on_db_unavailable: true
+"""
+
+
+# uvicorn's default logging without the access log (routedeck's server runs with
+# access_log=False too), keeping the "Uvicorn running on" line `Services.start` waits for.
+_LITELLM_LOG_CONFIG = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"default": {"format": "%(levelname)s:     %(message)s"}},
+    "handlers": {
+        "default": {
+            "class": "logging.StreamHandler",
+            "formatter": "default",
+            "stream": "ext://sys.stdout",
+        }
+    },
+    "loggers": {
+        "uvicorn": {"handlers": ["default"], "level": "INFO", "propagate": False},
+        "uvicorn.error": {"level": "INFO"},
+        "uvicorn.access": {"handlers": ["default"], "level": "WARNING", "propagate": False},
+    },
+}
+
+
+def litellm_env(home: Path) -> dict[str, str]:
+    """The whole environment LiteLLM runs with: built from nothing, so no credential or proxy
+    setting of this shell reaches it, with ``HOME`` = ``home`` and ``TMPDIR`` = ``home/tmp``
+    (the caller makes them), and every switch that keeps it from reaching out or writing
+    elsewhere."""
+    return {
+        "PATH": f"{LITELLM_VENV / 'bin'}:/usr/bin:/bin",
+        "HOME": str(home),
+        "TMPDIR": str(home / "tmp"),
+        "LANG": "C.UTF-8",
+        "PYTHONUNBUFFERED": "1",
+        # Usage telemetry (opt-in in this version; the veto makes sure) and its older switch.
+        "LITELLM_TELEMETRY_DISABLED": "True",
+        "LITELLM_TELEMETRY": "False",
+        # Files LiteLLM otherwise downloads from GitHub at start-up: use the bundled copies.
+        "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+        "LITELLM_LOCAL_ANTHROPIC_BETA_HEADERS": "True",
+        "LITELLM_LOCAL_AUTOROUTER_PRESETS": "True",
+        "LITELLM_LOCAL_BLOG_POSTS": "True",
+        "LITELLM_LOCAL_POLICY_TEMPLATES": "True",
+        "HF_HUB_OFFLINE": "1",
+        "DISABLE_ADMIN_UI": "True",
+        "NO_DOCS": "True",
+        "DISABLE_SCHEMA_UPDATE": "True",
+    }
 
 
 def export_ref(ref: str, dest: Path) -> str:
@@ -146,12 +270,36 @@ def code_identity(code_root: Path) -> dict[str, str | bool]:
     return out
 
 
-def _read_stat_ticks(pid: int | str) -> int:
+def _stat_fields(pid: int | str) -> list[bytes]:
     with open(f"/proc/{pid}/stat", "rb") as f:
         raw = f.read()
     # The command name (field 2) may hold spaces and parentheses: split after its last ')'.
-    fields = raw[raw.rindex(b")") + 2 :].split()
+    return raw[raw.rindex(b")") + 2 :].split()
+
+
+def _read_stat_ticks(pid: int | str) -> int:
+    fields = _stat_fields(pid)
     return int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every live descendant of ``pid``, from ``/proc/<pid>/task/<tid>/children``."""
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        try:
+            tasks = list(Path(f"/proc/{parent}/task").iterdir())
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        for task in tasks:
+            try:
+                children = [int(c) for c in (task / "children").read_text().split()]
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            out.extend(children)
+            todo.extend(children)
+    return out
 
 
 def self_cpu_seconds() -> float:
@@ -186,9 +334,22 @@ class Service:
     def pid(self) -> int:
         return self.process.pid
 
+    def tree(self) -> list[int]:
+        """Its pid, then those of its live descendants."""
+        return [self.pid, *_descendants(self.pid)]
+
     def cpu_seconds(self) -> float:
-        """User + system CPU of all its threads since it started."""
-        return _read_stat_ticks(self.pid) / CLK_TCK
+        """User + system CPU of all its threads and its descendants' since it started (children
+        that ended count once waited for, through cutime + cstime)."""
+        ticks = 0
+        for pid in self.tree():
+            try:
+                fields = _stat_fields(pid)
+            except (FileNotFoundError, ProcessLookupError):
+                continue  # it ended while we looked
+            # utime, stime, cutime, cstime (fields 14 to 17)
+            ticks += sum(int(x) for x in fields[11:15])
+        return ticks / CLK_TCK
 
     def thread_cpu_seconds(self) -> dict[str, float]:
         """User + system CPU of each live thread, keyed ``name/tid`` (``/proc/<pid>/task``)."""
@@ -203,30 +364,50 @@ class Service:
                 continue  # the thread ended while we looked
         return out
 
-    def _status(self, key: str) -> int:
-        with open(f"/proc/{self.pid}/status") as f:
+    def _status(self, key: str, pid: int | None = None) -> int:
+        pid = self.pid if pid is None else pid
+        with open(f"/proc/{pid}/status") as f:
             for line in f:
                 if line.startswith(key + ":"):
                     return int(line.split()[1])
-        raise ServiceError(f"{self.name}: no {key} in /proc/{self.pid}/status")
+        raise ServiceError(f"{self.name}: no {key} in /proc/{pid}/status")
+
+    def _tree_status(self, key: str) -> int:
+        total = self._status(key)
+        for pid in self.tree()[1:]:
+            try:
+                total += self._status(key, pid)
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+        return total
 
     def rss_kib(self) -> int:
-        """Resident memory now (VmRSS), KiB."""
-        return self._status("VmRSS")
+        """Resident memory now (VmRSS), KiB, of the process and its live descendants."""
+        return self._tree_status("VmRSS")
 
     def hwm_kib(self) -> int:
-        """Peak resident memory so far (VmHWM), KiB."""
-        return self._status("VmHWM")
+        """Peak resident memory so far (VmHWM), KiB: the sum of each live process's peak."""
+        return self._tree_status("VmHWM")
 
     def affinity(self) -> dict[str, str]:
-        """``Cpus_allowed_list`` of each of its threads, by thread name and id."""
+        """``Cpus_allowed_list`` of each thread of it and its descendants, by thread name and
+        id (a descendant's threads as ``pid:name/tid``)."""
         out: dict[str, str] = {}
-        for task in sorted(Path(f"/proc/{self.pid}/task").iterdir()):
-            status = (task / "status").read_text()
-            fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
-            out[f"{fields.get('Name', '?').strip()}/{task.name}"] = fields.get(
-                "Cpus_allowed_list", "?"
-            ).strip()
+        for pid in self.tree():
+            prefix = "" if pid == self.pid else f"{pid}:"
+            try:
+                tasks = sorted(Path(f"/proc/{pid}/task").iterdir())
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            for task in tasks:
+                try:
+                    status = (task / "status").read_text()
+                except (FileNotFoundError, ProcessLookupError):
+                    continue
+                fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+                out[f"{prefix}{fields.get('Name', '?').strip()}/{task.name}"] = fields.get(
+                    "Cpus_allowed_list", "?"
+                ).strip()
         return out
 
     def alive(self) -> bool:
@@ -262,7 +443,16 @@ def _launch(
     cpus: set[int] | None,
     ready_timeout_s: float,
     code_root: Path,
+    *,
+    ready: re.Pattern[str] = _LISTENING,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
 ) -> Service:
+    """Start ``argv`` and wait for ``ready`` (groups: base URL, port) in its log.
+
+    By default it runs in ``code_root`` with this environment (less ``ROUTEDECK_*``) and
+    ``PYTHONPATH=code_root``; with ``env`` and ``cwd`` it runs in ``cwd`` with exactly ``env``.
+    """
     log_path = workdir / f"{name}.log"
     log = open(log_path, "wb")  # noqa: SIM115 - the child owns it; closed below once inherited
 
@@ -270,13 +460,16 @@ def _launch(
         if cpus:
             os.sched_setaffinity(0, cpus)
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ROUTEDECK_")}
-    # sys.path entries come before the editable install's finder, so this picks the code.
-    env["PYTHONPATH"] = str(code_root)
+    if cwd is None:
+        cwd = code_root
+    if env is None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ROUTEDECK_")}
+        # sys.path entries come before the editable install's finder, so this picks the code.
+        env["PYTHONPATH"] = str(code_root)
     try:
         process = subprocess.Popen(
             list(argv),
-            cwd=code_root,
+            cwd=cwd,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -288,7 +481,7 @@ def _launch(
     deadline = time.monotonic() + ready_timeout_s
     while True:
         text = log_path.read_text(errors="replace")
-        match = _LISTENING.search(text)
+        match = ready.search(text)
         if match:
             return Service(name, process, match.group(1), int(match.group(2)), log_path)
         if process.poll() is not None or time.monotonic() > deadline:
@@ -304,11 +497,19 @@ def _launch(
 
 @dataclass
 class Services:
-    """The simulator and the proxy, started together; use `Services.start` as a context."""
+    """The simulator and the proxy (and LiteLLM's, if asked), started together; use
+    `Services.start` as a context."""
 
     sim: Service
     proxy: Service
     config_path: Path
+    litellm: Service | None = None
+    """LiteLLM's proxy, when started with ``litellm=True``."""
+
+    @property
+    def servers(self) -> list[Service]:
+        """Every process started: the simulator, routedeck, and LiteLLM if it runs."""
+        return [self.sim, self.proxy] + ([self.litellm] if self.litellm else [])
 
     @classmethod
     @contextmanager
@@ -321,15 +522,24 @@ class Services:
         proxy_argv: Sequence[str] | None = None,
         code_root: Path = REPO,
         ready_timeout_s: float = 30.0,
+        litellm: bool = False,
+        litellm_cpus: set[int] | None = None,
+        litellm_ready_timeout_s: float = 180.0,
     ) -> Iterator[Services]:
-        """Start both, yield them, stop both.
+        """Start them, yield them, stop them.
 
-        Both run with ``code_root`` as working directory and ``PYTHONPATH``: the repository
-        (the working tree as it is) or a directory made by `export_ref`.
+        The simulator and routedeck run with ``code_root`` as working directory and
+        ``PYTHONPATH``: the repository (the working tree as it is) or a directory made by
+        `export_ref`.
 
         ``proxy_argv`` replaces the interpreter part of the proxy's command line (the
         arguments ``serve --config F --port 0`` are appended); by default it is
         ``python -m console.cli``.
+
+        With ``litellm`` LiteLLM's proxy is started too, pinned to ``litellm_cpus``, from
+        `LITELLM_VENV` in ``workdir/litellm`` (its config, log config, ``HOME`` and
+        ``TMPDIR``); it takes 10-60 s to start. Raises `ServiceError` if the virtualenv is
+        missing.
         """
         python = sys.executable
         sim = _launch(
@@ -365,8 +575,58 @@ class Services:
                 code_root,
             )
             try:
-                yield cls(sim, proxy, config_path)
+                lite = (
+                    _launch_litellm(
+                        workdir, sim.port, litellm_cpus, litellm_ready_timeout_s, code_root
+                    )
+                    if litellm
+                    else None
+                )
+                try:
+                    yield cls(sim, proxy, config_path, lite)
+                finally:
+                    if lite is not None:
+                        lite.stop()
             finally:
                 proxy.stop()
         finally:
             sim.stop()
+
+
+def _launch_litellm(
+    workdir: Path, sim_port: int, cpus: set[int] | None, ready_timeout_s: float, code_root: Path
+) -> Service:
+    if not litellm_available():
+        raise ServiceError(
+            f"LiteLLM is not installed in {LITELLM_VENV}: run bash bench/setup_litellm.sh"
+        )
+    home = workdir / "litellm"
+    (home / "tmp").mkdir(parents=True, exist_ok=True)
+    env = litellm_env(home)
+    config = home / "litellm.yaml"
+    config.write_text(litellm_config(sim_port))
+    log_config = home / "log_config.json"
+    log_config.write_text(json.dumps(_LITELLM_LOG_CONFIG))
+    return _launch(
+        "litellm",
+        [
+            str(LITELLM_VENV / "bin" / "litellm"),
+            "--config",
+            str(config),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--num_workers",
+            "1",
+            "--log_config",
+            str(log_config),
+        ],
+        workdir,
+        cpus,
+        ready_timeout_s,
+        code_root,
+        ready=_UVICORN_RUNNING,
+        env=env,
+        cwd=home,
+    )
