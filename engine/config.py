@@ -52,6 +52,9 @@ class ServerConfig(_Section):
     snapshot_interval_s: float = Field(default=0.25, gt=0, le=60)
     metrics_window_s: int = Field(default=10, ge=1, le=3600)
     recent_requests: int = Field(default=200, ge=0, le=100_000)
+    reuse_port: bool = False
+    """Let several ``routedeck serve`` processes listen on the same port (SO_REUSEPORT, Linux):
+    the kernel spreads connections over them. They should share one state file."""
     sync_interval_s: float = Field(default=0.5, gt=0, le=60)
     """How often this process checks the state file for changes other processes sharing it
     made (drains, safe mode, keys, releases), refreshes the budgets' spend, and renews the

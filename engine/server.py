@@ -45,12 +45,15 @@ class _Uvicorn(uvicorn.Server):
         self.ready.set()
 
 
-def bind(host: str, port: int) -> socket.socket:
+def bind(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY on accepted sockets only when the listening
     # socket says TCP explicitly; without it every response waits ~40 ms on delayed ACKs.
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        # Several `routedeck serve` processes on one port: the kernel spreads connections.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
     except OSError as exc:
@@ -70,7 +73,7 @@ class ProxyServer:
     def __init__(self, engine: Engine, *, host: str, port: int, admin_token: str | None) -> None:
         self._engine = engine
         self._host = host
-        self._sock = bind(host, port)
+        self._sock = bind(host, port, reuse_port=engine.config.server.reuse_port)
         self.port: int = self._sock.getsockname()[1]
         app = create_app(engine, admin_token=admin_token, host=host)
         self._server = _Uvicorn(
@@ -80,6 +83,7 @@ class ProxyServer:
                 log_config=None,
                 access_log=False,
                 http="httptools",
+                proxy_headers=False,  # routedeck is the edge; X-Forwarded-* are not trusted
                 timeout_graceful_shutdown=max(1, round(engine.config.server.shutdown_grace_s)),
                 timeout_keep_alive=30,
             )
