@@ -15,6 +15,7 @@ price is unknown reserves nothing and is recorded as unpriced (never as $0).
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -24,7 +25,13 @@ from state.store import Store
 
 
 def day_of(now: float) -> str:
-    return dt.datetime.fromtimestamp(now, dt.UTC).strftime("%Y-%m-%d")
+    """The UTC day of a Unix time, ``YYYY-MM-DD`` (called several times per request)."""
+    return _day_of_index(int(now // 86400))
+
+
+@functools.lru_cache(maxsize=8)
+def _day_of_index(day: int) -> str:
+    return dt.datetime.fromtimestamp(day * 86400, dt.UTC).strftime("%Y-%m-%d")
 
 
 def _next_day(now: float) -> float:
