@@ -462,7 +462,16 @@ class Controller:
                 attempts.served_by = name
                 attempts.ttft_ms = ttft_ms
                 return StreamHandle(
-                    self, attempts, name, events, first, started_wall, started, ttft_ms, deadline
+                    self,
+                    attempts,
+                    name,
+                    events,
+                    first,
+                    started_wall,
+                    started,
+                    ttft_ms,
+                    deadline,
+                    read_timeout=timeouts.read,
                 )
             if events is not None:
                 await _aclose(events)
@@ -496,8 +505,11 @@ class StreamHandle:
         started: float,
         ttft_ms: float,
         deadline: Deadline,
+        *,
+        read_timeout: float = float("inf"),
     ) -> None:
         self._controller = controller
+        self._read_timeout = read_timeout
         self.attempts = attempts
         self.deployment = deployment
         self._events = events
@@ -523,8 +535,13 @@ class StreamHandle:
         while True:
             try:
                 remaining = max(self._deadline.remaining(), 0.0)
-                async with asyncio.timeout(remaining):
+                if remaining > self._read_timeout + 0.05:
+                    # The transport's read timeout ends a stalled stream before the deadline
+                    # could: no per-event timer needed (it was the costliest part of a stream).
                     event = await anext(self._events)
+                else:
+                    async with asyncio.timeout(remaining):
+                        event = await anext(self._events)
             except StopAsyncIteration:
                 err: ProviderError = StreamBroken(
                     "the upstream ended the stream without finishing it"

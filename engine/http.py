@@ -39,6 +39,7 @@ to do; no request ever gets a traceback.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hmac
 import ipaddress
@@ -265,11 +266,44 @@ class _SSEResponse:
         encoder = self._encoder
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": encoder.start(), "more_body": True})
+        # The upstream side runs in a task of its own and this side sends whatever it gathered
+        # meanwhile: the events of one upstream read go out in one write, not one write each
+        # (a write per event was the largest cost of a stream).
+        pending: list[bytes] = []
+        ready = asyncio.Event()
+        failed: list[ProviderError] = []
+
+        async def produce() -> None:
+            try:
+                async for event in self._session:
+                    body = encoder.event(event)
+                    if body:
+                        pending.append(body)
+                        ready.set()
+            except ProviderError as exc:
+                failed.append(exc)
+            finally:
+                ready.set()
+
+        producer = asyncio.create_task(produce(), name="routedeck-upstream-stream")
         try:
-            async for event in self._session:
-                body = encoder.event(event)
-                await send({"type": "http.response.body", "body": body, "more_body": True})
-        except ProviderError as exc:
+            while True:
+                await ready.wait()
+                ready.clear()
+                if pending:
+                    body = pending[0] if len(pending) == 1 else b"".join(pending)
+                    pending.clear()
+                    await send({"type": "http.response.body", "body": body, "more_body": True})
+                if producer.done() and not pending:
+                    break
+        finally:
+            if not producer.done():
+                producer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await producer
+        producer.result()  # a bug in the upstream side is not swallowed
+        if failed:
+            exc = failed[0]
             failure = _Failure(
                 502,
                 "upstream",
