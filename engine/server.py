@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import socket
@@ -134,6 +135,10 @@ async def serve(config: Config, *, admin_token: str | None, host: str, port: int
         for warning in engine.warnings:
             log.warning("%s", warning)
         async with ProxyServer(engine, host=host, port=port, admin_token=admin_token) as server:
+            # Everything loaded so far (price data, encodings, config) lives for the process:
+            # keep it out of the collector's full passes, which otherwise pause the loop.
+            gc.collect()
+            gc.freeze()
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, server.request_stop)

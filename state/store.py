@@ -66,6 +66,7 @@ BUSY_TIMEOUT_MS = 5000
 """How long a statement waits for another process's lock before failing."""
 
 DEFAULT_MAX_QUEUED_ROWS = 100_000
+CHECKPOINT_INTERVAL_S = 5.0
 
 Statement = tuple[str, Sequence[Any]]
 """One SQL statement and its parameters, as taken by ``Store.write_many``."""
@@ -145,6 +146,7 @@ class Store:
         self._state: Literal["new", "open", "closing", "closed"] = "new"
         self._conn: aiosqlite.Connection | None = None
         self._writer: asyncio.Task[None] | None = None
+        self._checkpoints: asyncio.Task[None] | None = None
         self._closed = asyncio.Event()
         # Set whenever there is something to write; cleared by the writer before it idles.
         self._wake = asyncio.Event()
@@ -204,7 +206,32 @@ class Store:
         self._conn = conn
         self._state = "open"
         self._writer = asyncio.create_task(self._write_loop(), name=f"state writer {self._path}")
+        if self._path != ":memory:":
+            self._checkpoints = asyncio.create_task(
+                self._checkpointer(), name=f"state checkpoints {self._path}"
+            )
         return self
+
+    async def _checkpointer(self) -> None:
+        """Checkpoint the WAL every few seconds on a connection and thread of its own.
+
+        PASSIVE: it copies what no reader still needs and never blocks the writer, which goes
+        on appending to the WAL meanwhile."""
+        conn: sqlite3.Connection | None = None
+        try:
+            while True:
+                await asyncio.sleep(CHECKPOINT_INTERVAL_S)
+                if conn is None:
+                    conn = await asyncio.to_thread(
+                        sqlite3.connect, self._path, check_same_thread=False
+                    )
+                try:
+                    await asyncio.to_thread(conn.execute, "PRAGMA wal_checkpoint(PASSIVE)")
+                except sqlite3.Error as exc:
+                    LOG.warning("checkpointing %s failed (%s); trying again later", self._path, exc)
+        finally:
+            if conn is not None:
+                conn.close()
 
     async def __aexit__(
         self,
@@ -229,6 +256,9 @@ class Store:
         self._state = "closing"
         self._wake.set()
         self._urgent.set()
+        if self._checkpoints is not None:
+            self._checkpoints.cancel()
+            await asyncio.wait([self._checkpoints])
         writer = self._writer
         try:
             if writer is not None:
@@ -281,6 +311,11 @@ class Store:
                 row = await cursor.fetchone()
             await conn.execute("PRAGMA synchronous = NORMAL")
             await conn.execute("PRAGMA foreign_keys = ON")
+            if self._path != ":memory:":
+                # Checkpoints copy the WAL into the file and fsync it: hundreds of milliseconds
+                # on a slow disk. Run by the committing connection they stall the writer and
+                # every durable write waiting on it; `_checkpointer` runs them beside it.
+                await conn.execute("PRAGMA wal_autocheckpoint = 0")
         except sqlite3.Error as exc:
             raise self._open_error(exc) from exc
         journal_mode = str(row[0]).lower() if row is not None else "unknown"
