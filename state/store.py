@@ -67,6 +67,7 @@ BUSY_TIMEOUT_MS = 5000
 
 DEFAULT_MAX_QUEUED_ROWS = 100_000
 CHECKPOINT_INTERVAL_S = 5.0
+CHECKPOINT_TRUNCATE_BYTES = 16 * 1024 * 1024
 
 Statement = tuple[str, Sequence[Any]]
 """One SQL statement and its parameters, as taken by ``Store.write_many``."""
@@ -215,18 +216,24 @@ class Store:
     async def _checkpointer(self) -> None:
         """Checkpoint the WAL every few seconds on a connection and thread of its own.
 
-        PASSIVE: it copies what no reader still needs and never blocks the writer, which goes
-        on appending to the WAL meanwhile."""
+        First PASSIVE, which copies what no reader still needs without blocking the writer;
+        then, once the WAL is over `CHECKPOINT_TRUNCATE_BYTES`, TRUNCATE, which waits for the
+        writer's current transaction, copies the few frames written meanwhile and resets the
+        WAL. Under steady writes PASSIVE alone never catches up (frames keep arriving while it
+        copies) and the WAL grows without end; the TRUNCATE's pause is one short copy and an
+        fsync."""
         conn: sqlite3.Connection | None = None
+        wal = f"{self._path}-wal"
         try:
             while True:
                 await asyncio.sleep(CHECKPOINT_INTERVAL_S)
-                if conn is None:
-                    conn = await asyncio.to_thread(
-                        sqlite3.connect, self._path, check_same_thread=False
-                    )
                 try:
-                    await asyncio.to_thread(conn.execute, "PRAGMA wal_checkpoint(PASSIVE)")
+                    if conn is None:
+                        conn = await asyncio.to_thread(
+                            sqlite3.connect, self._path, check_same_thread=False
+                        )
+                        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+                    await asyncio.to_thread(_checkpoint_sync, conn, wal)
                 except sqlite3.Error as exc:
                     LOG.warning("checkpointing %s failed (%s); trying again later", self._path, exc)
         finally:
@@ -808,6 +815,12 @@ def _limit(limit: int) -> int:
     if limit < 0:
         raise ValueError(f"limit must be >= 0, got {limit}")
     return limit
+
+
+def _checkpoint_sync(conn: sqlite3.Connection, wal: str) -> None:
+    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+    if os.path.exists(wal) and os.path.getsize(wal) > CHECKPOINT_TRUNCATE_BYTES:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
 async def _in_db_thread(conn: aiosqlite.Connection, fn: Any, *args: Any) -> Any:
