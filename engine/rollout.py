@@ -338,11 +338,8 @@ class _Rollout:
     rowid: int = 0
     """The request log has been read up to this row for the stage's signals."""
 
-    def reset(self) -> None:
-        self.arms = {
-            ARM_BASELINE: ArmStats(random.Random()),
-            ARM_CANDIDATE: ArmStats(random.Random()),
-        }
+    def reset(self, rng: random.Random) -> None:
+        self.arms = {ARM_BASELINE: ArmStats(rng), ARM_CANDIDATE: ArmStats(rng)}
         self.rowid = 0
         self.passing_since = None
 
@@ -497,7 +494,7 @@ class Rollouts:
             salt=row["salt"],
             actor=row["actor"],
         )
-        rollout.reset()
+        rollout.reset(self._rng)
         self._rollout = rollout
         await self.refresh()
 
@@ -529,7 +526,7 @@ class Rollouts:
         rollout.state_reason = candidate_row["state_reason"] or ""
         if candidate_row["stage_started_at"] != rollout.stage_started_at:
             rollout.stage_started_at = candidate_row["stage_started_at"]
-            rollout.reset()
+            rollout.reset(self._rng)
         await self.refresh()
 
     async def refresh(self) -> None:
@@ -928,7 +925,7 @@ class Rollouts:
             ]
         )
         rollout = _Rollout(release, index, now, "running", "", salt, actor)
-        rollout.reset()
+        rollout.reset(self._rng)
         self._rollout = rollout
         return CommandResult(True, summary, audit_id)
 
@@ -986,7 +983,7 @@ class Rollouts:
         rollout.stage_started_at = now
         rollout.state = "running"
         rollout.state_reason = ""
-        rollout.reset()
+        rollout.reset(self._rng)
 
     async def _promote(self, *, actor: str, detail: dict[str, Any]) -> CommandResult:
         rollout = self._rollout

@@ -434,19 +434,11 @@ class Store:
         and nothing is written.
         """
         detail_json = _dumps(dict(detail))
-        row = (self._clock(), actor, action, target, detail_json, result)
-        rowid = await self._submit(
-            (
-                (
-                    "INSERT INTO audit (at, actor, action, target, detail, result) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    row,
-                ),
-            )
+        return await self.insert(
+            "INSERT INTO audit (at, actor, action, target, detail, result) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (self._clock(), actor, action, target, detail_json, result),
         )
-        if rowid is None:
-            raise StateError(f"The audit entry was written to {self._path} but got no id.")
-        return rowid
 
     async def kv_set(self, key: str, value: Any) -> None:
         """Store a JSON-serialisable setting durably; returns after COMMIT."""
