@@ -88,8 +88,8 @@ from bench.services import (
     SIM_PROFILE,
     Service,
     ServiceError,
-    _launch,
     cpu_busy_seconds,
+    launch,
     proxy_config,
     self_cpu_seconds,
 )
@@ -286,7 +286,7 @@ def start_processes(
 
     ``proxy_head(kind)`` replaces ``python -m console.cli`` in the proxy's command line."""
     python = sys.executable
-    sim = _launch(
+    sim = launch(
         "sim",
         [
             python,
@@ -316,7 +316,7 @@ def start_processes(
             path = workdir / f"{kind}.toml"
             path.write_text(configs[kind])
             head = proxy_head(kind) if proxy_head else [python, "-m", "console.cli"]
-            proxies[kind] = _launch(
+            proxies[kind] = launch(
                 f"proxy-{kind}",
                 [*head, "serve", "--config", str(path), "--port", "0"],
                 workdir,

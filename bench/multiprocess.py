@@ -83,8 +83,8 @@ from bench.services import (
     SIM_PROFILE,
     Service,
     ServiceError,
-    _launch,  # Services.start runs one proxy on port 0; these need N on one fixed port
     cpu_busy_seconds,
+    launch,
     self_cpu_seconds,
 )
 
@@ -556,7 +556,7 @@ def measure_layout(
     workdir.mkdir(parents=True)
     python = sys.executable
     sim_argv = [python, "-m", "providers.sim", "--host", "127.0.0.1", "--port", "0"]
-    sim = _launch(
+    sim = launch(
         "sim",
         [*sim_argv, "--seed", "0", "--profile", SIM_PROFILE],
         workdir,
@@ -575,7 +575,7 @@ def measure_layout(
             sets.append(ProcessSet(proxies, port))
             for i in range(n):
                 proxies.append(
-                    _launch(
+                    launch(
                         f"n{n}-proxy-{i}",
                         [python, "-m", "console.cli", "serve", "--config", str(config_path)],
                         workdir,

@@ -436,7 +436,7 @@ class Service:
         return self.process.returncode
 
 
-def _launch(
+def launch(
     name: str,
     argv: Sequence[str],
     workdir: Path,
@@ -542,7 +542,7 @@ class Services:
         missing.
         """
         python = sys.executable
-        sim = _launch(
+        sim = launch(
             "sim",
             [
                 python,
@@ -566,7 +566,7 @@ class Services:
             config_path = workdir / "bench.toml"
             config_path.write_text(proxy_config(sim.port, workdir / "bench.db"))
             head = list(proxy_argv) if proxy_argv else [python, "-m", "console.cli"]
-            proxy = _launch(
+            proxy = launch(
                 "proxy",
                 [*head, "serve", "--config", str(config_path), "--port", "0"],
                 workdir,
@@ -607,7 +607,7 @@ def _launch_litellm(
     config.write_text(litellm_config(sim_port))
     log_config = home / "log_config.json"
     log_config.write_text(json.dumps(_LITELLM_LOG_CONFIG))
-    return _launch(
+    return launch(
         "litellm",
         [
             str(LITELLM_VENV / "bin" / "litellm"),

@@ -208,7 +208,10 @@ class Budgets:
         saved: float | None,
         now: float,
     ) -> None:
-        """Add one finished request to the durable daily ledger (committed when this returns)."""
+        """Add one finished request to the durable daily ledger (committed when this returns).
+
+        The commit does not carry the request-log rows queued before it (``after_log=False``):
+        the request waits for this write, and the rows follow in their own group."""
         await self._store.write(
             "INSERT INTO spend (tenant, day, cost_usd, requests, input_tokens, output_tokens, "
             "unpriced_requests, cache_hits, saved_usd) VALUES (?, ?, ?, 1, ?, ?, ?, ?, ?) "
@@ -228,6 +231,7 @@ class Budgets:
                 1 if cache_hit else 0,
                 saved or 0.0,
             ),
+            after_log=False,
         )
         if cost:
             account = self._account(tenant, now)

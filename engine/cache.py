@@ -446,7 +446,8 @@ class ResponseCache:
         """Commit ``statements``; then forget the pending ``hits`` they wrote. Hits counted
         while the write was in flight stay pending, and so does everything if it fails."""
         if statements:
-            await self._store.write_many(statements)
+            # Request-path writes: committed without waiting for queued request-log rows.
+            await self._store.write_many(statements, after_log=False)
         for key, count in hits.items():
             left = self._pending_hits.get(key, 0) - count
             if left > 0:

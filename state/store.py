@@ -160,6 +160,9 @@ class Store:
 
         self._rows: deque[_LogRow] = deque()
         self._ops: deque[_Op] = deque()
+        # When the waiting rows must be committed (loop time): flush_interval after the first
+        # of them arrived. Durable writes that do not wait for rows do not move it.
+        self._rows_due = 0.0
         self._logged = 0  # rows ever accepted by log_*
         self._taken = 0  # rows ever taken by the writer or dropped; rows[0] is row number _taken
         self._inflight = 0
@@ -389,6 +392,8 @@ class Store:
                     self._path,
                     self._dropped,
                 )
+        if not rows:
+            self._rows_due = asyncio.get_running_loop().time() + self._flush_interval
         rows.append(rec)
         self._logged += 1
         self._wake.set()
@@ -397,14 +402,21 @@ class Store:
 
     # -- durable writes: return after COMMIT --------------------------------------------------
 
-    async def write(self, sql: str, params: Sequence[Any] = ()) -> None:
+    async def write(self, sql: str, params: Sequence[Any] = (), *, after_log: bool = True) -> None:
         """Run one statement in its own transaction; return once it is committed.
 
-        Everything logged or written before the call is committed first. An error (as
-        ``sqlite3.Error``) is raised here and affects nothing else. ``sql`` must not contain
-        BEGIN, COMMIT or ROLLBACK. If the caller is cancelled, the write may or may not happen.
+        Everything logged or written before the call is committed first; with
+        ``after_log=False`` only what was *written* before it is: request-log rows queued before
+        the call keep waiting for their own group commit instead of joining this one. That is
+        for writes on the request path (the spend ledger), whose caller waits for the commit:
+        a one-row transaction commits in a tenth of the time of one carrying the log rows and
+        their indexes, and the rows are then committed in larger groups.
+
+        An error (as ``sqlite3.Error``) is raised here and affects nothing else. ``sql`` must
+        not contain BEGIN, COMMIT or ROLLBACK. If the caller is cancelled, the write may or may
+        not happen.
         """
-        await self._submit(((sql, params),))
+        await self._submit(((sql, params),), after_log=after_log)
 
     async def insert(self, sql: str, params: Sequence[Any] = ()) -> int:
         """Run one INSERT in its own transaction like ``write``; return the new row's id."""
@@ -413,12 +425,12 @@ class Store:
             raise StateError(f"The row was written to {self._path} but got no id.")
         return rowid
 
-    async def write_many(self, statements: Sequence[Statement]) -> None:
+    async def write_many(self, statements: Sequence[Statement], *, after_log: bool = True) -> None:
         """Run statements in order in ONE transaction: all are committed, or none and it raises.
 
-        Same ordering and error guarantees as ``write``.
+        Same ordering and error guarantees as ``write`` (and the same ``after_log``).
         """
-        await self._submit(tuple(statements))
+        await self._submit(tuple(statements), after_log=after_log)
 
     async def audit(
         self,
@@ -495,10 +507,12 @@ class Store:
         """
         await self._submit(())
 
-    def _submit(self, statements: tuple[Statement, ...]) -> asyncio.Future[int | None]:
+    def _submit(
+        self, statements: tuple[Statement, ...], *, after_log: bool = True
+    ) -> asyncio.Future[int | None]:
         self._require_writer()
         future: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
-        self._ops.append(_Op(self._logged, statements, future))
+        self._ops.append(_Op(self._logged if after_log else 0, statements, future))
         self._wake.set()
         self._urgent.set()
         return future
@@ -521,16 +535,12 @@ class Store:
                     self._wake.clear()
                     await self._wake.wait()
                     continue
-                if (
-                    not self._ops
-                    and len(self._rows) < self._flush_max_rows
-                    and self._state == "open"
-                    and self._flush_interval > 0
-                ):
-                    # Let a group gather: commit after flush_interval, or sooner if urgent.
+                if not self._ops and not self._rows_are_due():
+                    # Let a group gather: commit when its first row has waited flush_interval,
+                    # or sooner if urgent.
                     self._urgent.clear()
                     try:
-                        async with asyncio.timeout(self._flush_interval):
+                        async with asyncio.timeout_at(self._rows_due):
                             await self._urgent.wait()
                     except TimeoutError:
                         pass
@@ -541,15 +551,30 @@ class Store:
             self._abandon_queue(exc)
             raise
 
+    def _rows_are_due(self) -> bool:
+        return (
+            len(self._rows) >= self._flush_max_rows
+            or self._state != "open"
+            or self._flush_interval <= 0
+            or asyncio.get_running_loop().time() >= self._rows_due
+        )
+
     async def _write_step(self) -> None:
-        """Commit the next group: waiting rows and every durable op whose rows are in it, in
-        ONE transaction run by ONE call on the database thread (group commit)."""
-        count = min(len(self._rows), self._flush_max_rows)
+        """Commit the next group: every durable op whose rows can be in it, and the rows -- all
+        waiting rows once they are due, else only those the ops must follow -- in ONE
+        transaction run by ONE call on the database thread (group commit)."""
+        available = min(len(self._rows), self._flush_max_rows)
         ops: list[_Op] = []
-        while self._ops and self._ops[0].after <= self._taken + count:
+        needed = 0
+        while self._ops and self._ops[0].after <= self._taken + available:
             op = self._ops.popleft()
+            needed = max(needed, op.after - self._taken)
             if not op.future.done():  # a caller cancelled before its turn: skip it
                 ops.append(op)
+        due = self._rows_are_due()
+        count = available if due else needed
+        if due and len(self._rows) > count:
+            self._rows_due = asyncio.get_running_loop().time() + self._flush_interval
         batch = [self._rows.popleft() for _ in range(count)]
         self._taken += count
         if not batch and not ops:

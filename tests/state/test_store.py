@@ -333,6 +333,45 @@ async def test_durable_write_is_visible_to_another_connection_when_it_returns(db
             assert conn.execute("SELECT count(*) FROM requests").fetchone() == (1,)
 
 
+async def test_a_write_after_log_false_commits_without_the_queued_rows(db: Path) -> None:
+    async with Store(db, flush_interval=3600) as store:
+        store.log_request(make_request(1))
+        await store.write(
+            "INSERT INTO kv (key, value, updated_at) VALUES (?, ?, ?)",
+            ("k", "1", 0),
+            after_log=False,
+        )
+        with other_connection(db) as conn:
+            assert conn.execute("SELECT value FROM kv WHERE key = 'k'").fetchone() == ("1",)
+            assert conn.execute("SELECT count(*) FROM requests").fetchone() == (0,)
+        assert store.stats.queued == 1  # the row still waits for its own group
+        # An ordinary write still follows everything logged before it.
+        await store.write_many([("UPDATE kv SET value = '2' WHERE key = 'k'", ())])
+        with other_connection(db) as conn:
+            assert conn.execute("SELECT count(*) FROM requests").fetchone() == (1,)
+
+
+async def test_rows_commit_on_their_interval_while_unordered_writes_keep_coming(
+    db: Path,
+) -> None:
+    """Writes that skip the log must not starve it: the rows' deadline runs from their arrival,
+    not from the writer's last wake-up."""
+    async with Store(db, flush_interval=0.05, flush_max_rows=1000) as store:
+        store.log_request(make_request(1))
+        writes = 0
+        async with asyncio.timeout(5.0):
+            while store.stats.written == 0:
+                await store.write(
+                    "INSERT INTO kv (key, value, updated_at) VALUES ('n', ?, 0) "
+                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    (str(writes),),
+                    after_log=False,
+                )
+                writes += 1
+        assert writes > 1  # the row was not simply carried by the first write
+        assert count(db, "requests") == 1
+
+
 async def test_a_failing_write_raises_to_its_caller_only(db: Path) -> None:
     async with Store(db) as store:
         store.log_request(make_request(1))
