@@ -23,6 +23,7 @@ import asyncio
 import datetime as dt
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -91,7 +92,7 @@ async def _window(
     }
 
 
-def _summary(windows: list[dict[str, Any]]) -> dict[str, float]:
+def _summary(windows: list[dict[str, Any]]) -> dict[str, Any]:
     ok = sum(w["ok"] for w in windows)
     latency = summarize(x for w in windows for x in w["latency_ms"])
     return {
@@ -130,6 +131,13 @@ async def _run(
                 flush=True,
             )
     summary = {name: _summary(ws) for name, ws in windows.items()}
+    # Rounds are adjacent in time, so the ratio within each round cancels most of the machine's
+    # drift; their median is the figure to trust, the spread says how much to trust it.
+    ratios = sorted(
+        (h["cpu_s"] / max(h["ok"], 1)) / (b["cpu_s"] / max(b["ok"], 1))
+        for h, b in zip(windows["head"], windows["base"], strict=True)
+    )
+    summary["head"]["cpu_ratio_rounds"] = ratios
     for name in proxies:
         s = summary[name]
         s["added_p50_ms"] = s["p50_ms"] - summary["direct"]["p50_ms"]
@@ -137,7 +145,7 @@ async def _run(
     return summary
 
 
-def render(meta: dict[str, Any], summary: dict[str, dict[str, float]]) -> str:
+def render(meta: dict[str, Any], summary: dict[str, dict[str, Any]]) -> str:
     lines = [
         f"routedeck compare — {meta['started']} — {meta['mode']} at {meta['rate']:.0f}/s, "
         f"{meta['rounds']} rounds of {meta['seconds']:.0f} s — {meta['pinning']}",
@@ -155,8 +163,11 @@ def render(meta: dict[str, Any], summary: dict[str, dict[str, float]]) -> str:
             f"{s['cpu_ms_per_request']:>10.3f}  {s['p50_ms']:>7.3f}  {s['p99_ms']:>7.3f}{added}"
         )
     base, head = summary["base"], summary["head"]
+    ratios: list[float] = head["cpu_ratio_rounds"]
     lines.append(
         f"  head/base: CPU per request {head['cpu_ms_per_request'] / base['cpu_ms_per_request']:.3f}"
+        f" (median of rounds {statistics.median(ratios):.3f}, "
+        f"range {ratios[0]:.3f}-{ratios[-1]:.3f})"
         f", added p50 {head['added_p50_ms'] - base['added_p50_ms']:+.3f} ms"
         f", added p99 {head['added_p99_ms'] - base['added_p99_ms']:+.3f} ms"
     )
@@ -174,13 +185,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     cpus = sorted(os.sched_getaffinity(0))
+    proxy_cpus: set[int] | None = None
+    sim_cpus: set[int] | None = None
+    pinning = "not pinned"
     if len(cpus) >= 2:
         proxy_cpus, sim_cpus = {cpus[0]}, {cpus[1]}
         os.sched_setaffinity(0, sim_cpus)
         pinning = f"proxies pinned to CPU {cpus[0]}, simulator + load generator to CPU {cpus[1]}"
-    else:
-        proxy_cpus = sim_cpus = None
-        pinning = "not pinned"
     meta: dict[str, Any] = {
         "started": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "command": " ".join([".venv/bin/python", "bench/compare.py", *(argv or sys.argv[1:])]),

@@ -85,6 +85,7 @@ class ProxyServer:
                 access_log=False,
                 http="httptools",
                 proxy_headers=False,  # routedeck is the edge; X-Forwarded-* are not trusted
+                server_header=False,  # says nothing a client needs; one header less to encode
                 timeout_graceful_shutdown=max(1, round(engine.config.server.shutdown_grace_s)),
                 timeout_keep_alive=30,
             )
