@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import math
@@ -52,6 +53,7 @@ from bench.services import (
     LITELLM_MODEL,
     REPO,
     SIM_PROFILE,
+    Service,
     ServiceError,
     Services,
     code_identity,
@@ -289,6 +291,10 @@ class _Search:
             self.fail = rate if self.fail is None else min(self.fail, rate)
 
 
+class _TargetDied(Exception):
+    """The process of the target a window was to measure is gone (LiteLLM only)."""
+
+
 class Bench:
     """One benchmark run against running services."""
 
@@ -324,6 +330,10 @@ class Bench:
         self.search_steps: dict[str, list[dict[str, Any]]] = {}
         self.overloaded: dict[str, dict[str, float]] = {}
         """Per mode: the grid rate at which each overloaded proxy stopped being run."""
+        self.died: dict[str, dict[str, Any]] = {}
+        """LiteLLM, if its process died: the mode, phase and rate of the window it died in (or
+        before) and its log's tail. The run goes on without it; routedeck or the simulator
+        dying still ends the run."""
         self.proxy_requests = 0
         self.litellm_requests = 0
 
@@ -451,7 +461,12 @@ class Bench:
         """Settle, run one window at ``rate`` for ``seconds``, and record it (unless it is a
         warm-up). Raises `ServiceError` if a server has died."""
         settle_s = await self.settle()
-        dead = [s for s in self.services.servers if not s.alive()]
+        litellm = self.services.litellm
+        if litellm is not None and not litellm.alive():
+            self._bury(litellm, mode, phase, rate)
+            if target == "litellm":
+                raise _TargetDied(target)
+        dead = [s for s in self.services.servers if not s.alive() and s is not litellm]
         if dead:
             raise ServiceError(
                 "a benchmarked process died:\n"
@@ -466,6 +481,9 @@ class Bench:
             on_stop=lambda: marks.append(self._counters()),
         )
         a, b = marks
+        if target == "litellm" and litellm is not None and not litellm.alive():
+            self._bury(litellm, mode, phase, rate)
+            raise _TargetDied(target)
         proxy_cpu = b.proxy - a.proxy
         litellm_cpu = None if a.litellm is None or b.litellm is None else b.litellm - a.litellm
         servers_cpu = proxy_cpu + (litellm_cpu or 0.0)
@@ -490,7 +508,7 @@ class Bench:
             wall_s=b.wall - a.wall,
             settle_s=settle_s,
             proxy_rss_kib=self.services.proxy.rss_kib(),
-            litellm_rss_kib=litellm.rss_kib() if litellm else None,
+            litellm_rss_kib=litellm.rss_kib() if litellm and litellm.alive() else None,
         )
         if target == "proxy":
             self.proxy_requests += result.planned
@@ -500,6 +518,26 @@ class Bench:
             self.windows.append(w)
         _progress(w)
         return w
+
+    def _bury(self, server: Service, mode: str, phase: str, rate: float) -> None:
+        """Record that LiteLLM died and stop running it (in every mode)."""
+        if "litellm" in self.died:
+            return
+        self.died["litellm"] = {
+            "mode": mode,
+            "phase": phase,
+            "rate": rate,
+            "exit_status": server.process.poll(),
+            "log_tail": server.log_tail(40),
+        }
+        for m in MODES:
+            self.overloaded.setdefault(m, {}).setdefault("litellm", rate)
+        print(
+            f"  LiteLLM's process died (exit status {server.process.poll()}) by the {mode} "
+            f"{phase} window at {rate:.0f}/s: the run goes on without it",
+            file=sys.stderr,
+            flush=True,
+        )
 
     async def run(self) -> None:
         """Warm up, measure the grid, then search, for each mode; fills the figures."""
@@ -512,9 +550,12 @@ class Bench:
             memory[target] = {"rss_kib_idle": server.rss_kib()}
         for mode in MODES:
             for target in self.targets:
-                await self.window(
-                    mode, target, WARMUP_RATE[target], phase="warmup", seconds=plan.warmup_s
-                )
+                if target in self.died:
+                    continue
+                with contextlib.suppress(_TargetDied):
+                    await self.window(
+                        mode, target, WARMUP_RATE[target], phase="warmup", seconds=plan.warmup_s
+                    )
             if mode == MODES[0]:
                 for target in self.proxies:
                     server = servers[target]
@@ -526,13 +567,18 @@ class Bench:
                 active = [t for t in self.targets if t not in overloaded]
                 for r in range(plan.rounds):
                     for target in _rotated(active, r):
-                        await self.window(
-                            mode, target, rate, phase="grid", round_=r, seconds=seconds
-                        )
+                        if target in self.died:
+                            continue
+                        with contextlib.suppress(_TargetDied):
+                            await self.window(
+                                mode, target, rate, phase="grid", round_=r, seconds=seconds
+                            )
                 for target in active:
                     ws = self.grid_windows(mode, target, rate)
-                    if target != "direct" and all(
-                        w.result.error_ratio > OVERLOAD_ERROR_RATIO for w in ws
+                    if (
+                        target != "direct"
+                        and ws
+                        and all(w.result.error_ratio > OVERLOAD_ERROR_RATIO for w in ws)
                     ):
                         overloaded[target] = rate
                         if rate != self.rates[-1]:
@@ -547,6 +593,12 @@ class Bench:
         for target in self.proxies:
             server = servers[target]
             assert server is not None
+            if not server.alive():  # LiteLLM died: its RSS after the last window it finished
+                last = [w.litellm_rss_kib for w in self.windows if w.litellm_rss_kib is not None]
+                memory[target]["rss_kib_end"] = last[-1] if last else None
+                memory[target]["hwm_kib_end"] = None
+                memory[target]["requests"] = requests[target]
+                continue
             memory[target]["rss_kib_end"] = server.rss_kib()
             memory[target]["hwm_kib_end"] = server.hwm_kib()
             memory[target]["requests"] = requests[target]
@@ -564,20 +616,30 @@ class Bench:
                 for rate in self.rates
                 if (ws := self.grid_windows(mode, target, rate))
             }
+            if not grid:  # LiteLLM died before this mode's grid
+                continue
             searches[target] = _Search.after_grid(grid, self.plan.ladder, self.plan.bisections)
         self.searches[mode] = searches
         steps = self.search_steps.setdefault(mode, [])
         step = 0
         while True:
-            todo = [(t, searches[t].next_rate()) for t in _rotated(self.targets, step)]
+            todo = [(t, searches[t].next_rate()) for t in _rotated(list(searches), step)]
             todo = [(t, r) for t, r in todo if r is not None]
+            if not todo:
+                return
+            todo = [(t, r) for t, r in todo if t not in self.died]
             if not todo:
                 return
             for target, rate in todo:
                 assert rate is not None
-                w = await self.window(
-                    mode, target, rate, phase="search", seconds=self.plan.search_window_s
-                )
+                if target in self.died:
+                    continue
+                try:
+                    w = await self.window(
+                        mode, target, rate, phase="search", seconds=self.plan.search_window_s
+                    )
+                except _TargetDied:
+                    continue
                 searches[target].record(rate, w.sustained())
                 steps.append(
                     {
@@ -857,6 +919,12 @@ def render(report: dict[str, Any]) -> str:
             f"LiteLLM {meta['litellm_version']}: litellm --config F --num_workers 1, one model on "
             "the simulator, no retries, fallbacks, cache, callbacks, database or master key"
         )
+    for target, death in (report.get("died") or {}).items():
+        lines.append(
+            f"{LABELS[target]}'s process died (exit status {death['exit_status']}) by the "
+            f"{death['mode']} {death['phase']} window at {death['rate']:.0f}/s; not run after "
+            "that (its log's tail is in the JSON)"
+        )
     lines.append("")
     for mode in MODES:
         rows = report["grid"][mode]
@@ -932,7 +1000,10 @@ def render(report: dict[str, Any]) -> str:
     for mode in MODES:
         cells = []
         for target in ["direct", *proxies]:
-            s = report["search"][mode][target]
+            s = report["search"][mode].get(target)
+            if s is None:
+                cells.append(f"{LABELS[target]} not measured (its process had died)")
+                continue
             fail = s["first_failing_rps"]
             bound = f"fails at {fail:.0f}" if fail else f"not reached up to {s['top_tried']:.0f}"
             cells.append(f"{LABELS[target]} {s['max_sustained_rps']:.0f} ({bound})")
@@ -1035,9 +1106,15 @@ def _x(ratio: float | None) -> str:
 
 
 def _memory_line(label: str, mem: dict[str, Any], requests: int) -> str:
-    return (
+    head = (
         f"{label} memory: VmRSS {mem['rss_kib_idle'] / 1024:.1f} MiB idle, "
         f"{mem['rss_kib_after_warmup'] / 1024:.1f} MiB after warm-up, "
+    )
+    if mem["hwm_kib_end"] is None:  # the process died during the run
+        end = mem["rss_kib_end"]
+        last = "unknown" if end is None else f"{end / 1024:.1f} MiB"
+        return head + f"{last} after its last measured window; the process died"
+    return head + (
         f"{mem['rss_kib_end'] / 1024:.1f} MiB after {requests} requests "
         f"(peak VmHWM {mem['hwm_kib_end'] / 1024:.1f} MiB)"
     )
@@ -1188,7 +1265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 bench.calibrate()
                 loop_run(bench.run())
                 meta["affinity"]["proxy_end"] = services.proxy.affinity()
-                if services.litellm:
+                if services.litellm and services.litellm.alive():
                     meta["affinity"]["litellm_end"] = services.litellm.affinity()
         except ServiceError as exc:
             print(f"bench: {exc}", file=sys.stderr)
@@ -1206,6 +1283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "search_steps": bench.search_steps,
         "budget": bench.budget(),
         "memory": bench.memory,
+        "died": bench.died,
         "proxy_idle_cpu_pct": 100.0 * sum(w.proxy_cpu_s for w in direct_windows) / direct_wall,
         "litellm_idle_cpu_pct": 100.0
         * sum(w.litellm_cpu_s or 0.0 for w in direct_windows)
