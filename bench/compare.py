@@ -61,7 +61,7 @@ def _body(model: str, stream: bool) -> bytes:
     ).encode()
 
 
-async def _settle(services: Sequence[Service]) -> None:
+async def settle(services: Sequence[Service]) -> None:
     """Wait until the servers are quiet (at most 3 s): one clock tick of CPU over 0.1 s."""
     deadline = time.monotonic() + 3.0
     while time.monotonic() < deadline:
@@ -74,7 +74,7 @@ async def _settle(services: Sequence[Service]) -> None:
 async def _window(
     spec: RequestSpec, server: Service, servers: Sequence[Service], rate: float, seconds: float
 ) -> dict[str, Any]:
-    await _settle(servers)
+    await settle(servers)
     marks: list[float] = []
     result: WindowResult = await run_window(
         spec,

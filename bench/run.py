@@ -377,7 +377,7 @@ class Bench:
                     "127.0.0.1",
                     port,
                     "/v1/chat/completions",
-                    _body(model, prompt, stream=stream),
+                    request_body(model, prompt, stream=stream),
                     stream,
                 )
         self.proxy_requests += 2 * tries
@@ -400,7 +400,9 @@ class Bench:
                     port, model = self._endpoint(target)
                     url = f"http://127.0.0.1:{port}/v1/chat/completions"
                     before = upstream_total()
-                    reply = client.post(url, content=_body(model, prompt, False), headers=_JSON)
+                    reply = client.post(
+                        url, content=request_body(model, prompt, False), headers=_JSON
+                    )
                     reply.raise_for_status()
                     answer = reply.json()
                     info[f"{target}_completion_tokens"] = answer["usage"]["completion_tokens"]
@@ -408,7 +410,7 @@ class Bench:
                     if target == "proxy":
                         info["proxy_tier_header"] = reply.headers.get("x-routedeck-tier")
                     streamed = client.post(
-                        url, content=_body(model, prompt, stream=True), headers=_JSON
+                        url, content=request_body(model, prompt, stream=True), headers=_JSON
                     )
                     streamed.raise_for_status()
                     info[f"{target}_upstream_requests"] = upstream_total() - before
@@ -843,7 +845,7 @@ def _ratios(row: dict[str, Any]) -> dict[str, float]:
 _JSON = {"content-type": "application/json"}
 
 
-def _body(model: str, prompt: str, stream: bool) -> bytes:
+def request_body(model: str, prompt: str, stream: bool) -> bytes:
     body: dict[str, Any] = {
         "model": model,
         "messages": [{"role": "user", "content": prompt}],
@@ -879,7 +881,7 @@ def _progress(w: Window) -> None:
 # -- report ------------------------------------------------------------------------------------
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -1207,7 +1209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "command": " ".join([".venv/bin/python", "bench/run.py", *(argv or sys.argv[1:])]),
         "date": started.strftime("%Y-%m-%d %H:%M UTC"),
         "nproc": os.cpu_count(),
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "kernel": platform.release(),
         "python": platform.python_version(),
         "pinning": pinning,
