@@ -68,6 +68,9 @@ BUSY_TIMEOUT_MS = 5000
 DEFAULT_MAX_QUEUED_ROWS = 100_000
 CHECKPOINT_INTERVAL_S = 5.0
 CHECKPOINT_TRUNCATE_BYTES = 16 * 1024 * 1024
+TRUNCATE_BUSY_TIMEOUT_MS = 20
+"""How long a TRUNCATE checkpoint waits for other processes on the file before giving up until
+the next pass: the writer, and every request waiting on a ledger write, waits with it."""
 
 Statement = tuple[str, Sequence[Any]]
 """One SQL statement and its parameters, as taken by ``Store.write_many``."""
@@ -217,16 +220,8 @@ class Store:
         return self
 
     async def _checkpointer(self) -> None:
-        """Checkpoint the WAL every few seconds on a connection and thread of its own.
-
-        First PASSIVE, which copies what no reader still needs without blocking the writer;
-        then, once the WAL is over `CHECKPOINT_TRUNCATE_BYTES`, TRUNCATE, which waits for the
-        writer's current transaction, copies the few frames written meanwhile and resets the
-        WAL. Under steady writes PASSIVE alone never catches up (frames keep arriving while it
-        copies) and the WAL grows without end; the TRUNCATE's pause is one short copy and an
-        fsync."""
+        """Checkpoint the WAL every few seconds (see `_checkpoint_once`)."""
         conn: sqlite3.Connection | None = None
-        wal = f"{self._path}-wal"
         try:
             while True:
                 await asyncio.sleep(CHECKPOINT_INTERVAL_S)
@@ -236,12 +231,37 @@ class Store:
                             sqlite3.connect, self._path, check_same_thread=False
                         )
                         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-                    await asyncio.to_thread(_checkpoint_sync, conn, wal)
+                    await self._checkpoint_once(conn)
                 except sqlite3.Error as exc:
                     LOG.warning("checkpointing %s failed (%s); trying again later", self._path, exc)
         finally:
             if conn is not None:
                 conn.close()
+
+    async def _checkpoint_once(self, conn: sqlite3.Connection) -> None:
+        """One checkpoint pass: a PASSIVE checkpoint on ``conn`` (a connection of its own) in a
+        thread of its own, then, if the WAL is still over `CHECKPOINT_TRUNCATE_BYTES`, a
+        TRUNCATE on the writer's connection between two group commits.
+
+        PASSIVE copies what no reader still needs without blocking the writer, but under steady
+        writes it never catches up (frames keep arriving while it copies) and the WAL grows
+        without end. TRUNCATE resets it, but it blocks new writers while it waits for the
+        current one, and run from another connection that wait went through SQLite's busy
+        handler on both sides (sleeps of 1, 2, 5, 10 ms ...): the ledger writes requests wait
+        for stalled for 100-400 ms. Run by the writer's own connection, in turn with the group
+        commits, there is no other writer to wait for in this process, and the pause is the copy
+        of the frames written since the PASSIVE pass plus one fsync: a few milliseconds."""
+        wal = f"{self._path}-wal"
+        if not await asyncio.to_thread(_checkpoint_sync, conn, wal):
+            return
+        async with self._lock:
+            if self._conn is None:
+                return
+            if not await _in_db_thread(self._conn, _truncate_sync):
+                LOG.info(
+                    "the WAL of %s was not reset: another connection was busy; trying again later",
+                    self._path,
+                )
 
     async def __aexit__(
         self,
@@ -834,10 +854,24 @@ def _limit(limit: int) -> int:
     return limit
 
 
-def _checkpoint_sync(conn: sqlite3.Connection, wal: str) -> None:
+def _checkpoint_sync(conn: sqlite3.Connection, wal: str) -> bool:
+    """A PASSIVE checkpoint; True when the WAL is still big enough to want a TRUNCATE."""
     conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-    if os.path.exists(wal) and os.path.getsize(wal) > CHECKPOINT_TRUNCATE_BYTES:
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    return os.path.exists(wal) and os.path.getsize(wal) > CHECKPOINT_TRUNCATE_BYTES
+
+
+def _truncate_sync(conn: sqlite3.Connection) -> bool:
+    """TRUNCATE checkpoint on the writer's connection, waiting at most
+    `TRUNCATE_BUSY_TIMEOUT_MS` for other processes' readers and writers; True when it reset
+    the WAL."""
+    conn.execute(f"PRAGMA busy_timeout = {TRUNCATE_BUSY_TIMEOUT_MS}")
+    try:
+        row = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    except sqlite3.OperationalError:  # busy beyond the timeout
+        return False
+    finally:
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    return row is not None and row[0] == 0
 
 
 async def _in_db_thread(conn: aiosqlite.Connection, fn: Any, *args: Any) -> Any:

@@ -542,7 +542,7 @@ async def test_a_checkpoint_pass_resets_a_large_wal(
         assert grown > 512 * 1024
         checkpointer = await asyncio.to_thread(sqlite3.connect, str(db), check_same_thread=False)
         try:
-            await asyncio.to_thread(store_module._checkpoint_sync, checkpointer, str(wal))
+            await store._checkpoint_once(checkpointer)
         finally:
             checkpointer.close()
         assert _size(wal) == 0  # PASSIVE copied it, TRUNCATE reset it
@@ -551,3 +551,37 @@ async def test_a_checkpoint_pass_resets_a_large_wal(
         assert 0 < _size(wal) < grown  # writing goes on from the start of the WAL
         rows = await store.query("SELECT COUNT(*) FROM requests")
         assert rows[0][0] == 2001
+
+
+async def test_a_reader_elsewhere_postpones_the_wal_reset_without_stalling_the_writer(
+    db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process reading the file keeps the TRUNCATE from completing: the pass gives up
+    after TRUNCATE_BUSY_TIMEOUT_MS instead of holding the writer for the busy timeout, and the
+    next pass, once the reader is gone, resets the WAL."""
+    import state.store as store_module
+
+    monkeypatch.setattr(store_module, "CHECKPOINT_INTERVAL_S", 3600.0)
+    monkeypatch.setattr(store_module, "CHECKPOINT_TRUNCATE_BYTES", 64 * 1024)
+    wal = Path(f"{db}-wal")
+    async with Store(db) as store:
+        for i in range(300):
+            store.log_request(make_request(i))
+        await store.flush()
+        reader = sqlite3.connect(db, isolation_level=None)
+        reader.execute("BEGIN")
+        reader.execute("SELECT COUNT(*) FROM requests").fetchone()  # holds its snapshot
+        checkpointer = await asyncio.to_thread(sqlite3.connect, str(db), check_same_thread=False)
+        try:
+            await store._checkpoint_once(checkpointer)
+            assert _size(wal) > 64 * 1024  # not reset: the reader still needs the WAL
+            store.log_request(make_request(300))
+            await store.flush()  # the writer carries on
+            reader.execute("COMMIT")
+            reader.close()
+            await store._checkpoint_once(checkpointer)
+            assert _size(wal) == 0
+        finally:
+            checkpointer.close()
+        rows = await store.query("SELECT COUNT(*) FROM requests")
+        assert rows[0][0] == 301
