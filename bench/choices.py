@@ -68,7 +68,15 @@ from typing import Any, cast
 if not __package__:  # run as a script: make `bench` importable from the repository root
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.services import LITELLM_VENV, REPO, Service, ServiceError, launch, litellm_env
+from bench.services import (
+    LITELLM_VENV,
+    REPO,
+    Service,
+    ServiceError,
+    launch,
+    litellm_env,
+    write_results,
+)
 
 SCRIPT = Path(__file__).resolve()
 RESULTS = REPO / "bench" / "results"
@@ -763,17 +771,6 @@ def render(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _clean(value: Any) -> Any:
-    """``value`` with NaN as null, so the file is strict JSON."""
-    if isinstance(value, float):
-        return None if value != value else value
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
-    return value
-
-
 # -- main ------------------------------------------------------------------------------------------
 
 
@@ -886,10 +883,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 server.stop()
     meta["loadavg_after"] = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     meta["duration_s"] = round((dt.datetime.now(dt.UTC) - started).total_seconds(), 1)
-    args.out.mkdir(parents=True, exist_ok=True)
-    suffix = "-quick" if args.quick else ""
-    path = args.out / f"choices-{started.strftime('%Y%m%dT%H%M%SZ')}{suffix}.json"
-    path.write_text(json.dumps(_clean(report), indent=1, allow_nan=False) + "\n")
+    path = write_results(args.out, "choices", started, report, quick=args.quick)
     print(render(report))
     print(f"\nfull figures: {path} ({meta['duration_s']:.0f} s run)")
     return 0

@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import datetime as dt
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -44,6 +43,7 @@ from bench.services import (
     export_ref,
     launch,
     proxy_config,
+    split_cpus,
 )
 
 WARMUP = (300.0, 2.0)
@@ -184,14 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--mode", choices=("plain", "stream"), default="plain")
     args = parser.parse_args(argv)
 
-    cpus = sorted(os.sched_getaffinity(0))
-    proxy_cpus: set[int] | None = None
-    sim_cpus: set[int] | None = None
-    pinning = "not pinned"
-    if len(cpus) >= 2:
-        proxy_cpus, sim_cpus = {cpus[0]}, {cpus[1]}
-        os.sched_setaffinity(0, sim_cpus)
-        pinning = f"proxies pinned to CPU {cpus[0]}, simulator + load generator to CPU {cpus[1]}"
+    proxy_cpus, sim_cpus, pinning = split_cpus(servers="proxies")
     meta: dict[str, Any] = {
         "started": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "command": " ".join([".venv/bin/python", "bench/compare.py", *(argv or sys.argv[1:])]),

@@ -59,7 +59,6 @@ import dataclasses
 import datetime as dt
 import hashlib
 import importlib.metadata
-import json
 import math
 import os
 import platform
@@ -94,6 +93,7 @@ from bench.services import (
     cpu_busy_seconds,
     proxy_config,
     self_cpu_seconds,
+    write_results,
 )
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -1211,17 +1211,6 @@ def _loadavg() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
-def _clean(value: Any) -> Any:
-    """``value`` with NaN as null, so the file is strict JSON."""
-    if isinstance(value, float):
-        return None if math.isnan(value) else value
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
-    return value
-
-
 def _check_console(
     console: Console, specs: dict[tuple[str, str], RequestSpec], calibration: dict[str, Any]
 ) -> None:
@@ -1404,10 +1393,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "requests": run.requests,
         "windows": [w.to_json() for w in run.windows],
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    suffix = "-quick" if args.quick else ""
-    path = args.out / f"console-overhead-{started.strftime('%Y%m%dT%H%M%SZ')}{suffix}.json"
-    path.write_text(json.dumps(_clean(report), indent=1, allow_nan=False) + "\n")
+    path = write_results(args.out, "console-overhead", started, report, quick=args.quick)
     print(render(report))
     print(f"\nfull figures: {path} ({meta['duration_s']:.0f} s run)")
     if not report["rendering"]["verified"]:

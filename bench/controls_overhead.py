@@ -56,7 +56,6 @@ import argparse
 import asyncio
 import datetime as dt
 import importlib.metadata
-import json
 import math
 import os
 import platform
@@ -92,6 +91,7 @@ from bench.services import (
     launch,
     proxy_config,
     self_cpu_seconds,
+    write_results,
 )
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -1199,17 +1199,6 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _clean(value: Any) -> Any:
-    """``value`` with NaN as null, so the file is strict JSON."""
-    if isinstance(value, float):
-        return None if math.isnan(value) else value
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
-    return value
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="bench/controls_overhead.py",
@@ -1255,7 +1244,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     pausing = "not paused" if args.no_pause else "idle proxies stopped during other windows"
 
     started = dt.datetime.now(dt.UTC)
-    stamp = started.strftime("%Y%m%dT%H%M%SZ")
     meta: dict[str, Any] = {
         "command": " ".join(
             [".venv/bin/python", "bench/controls_overhead.py", *(argv or sys.argv[1:])]
@@ -1325,17 +1313,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     meta["loadavg_after"] = _loadavg()
     meta["duration_s"] = round((dt.datetime.now(dt.UTC) - started).total_seconds(), 1)
     report["windows"] = [w.to_json() for w in bench.windows]
-    args.out.mkdir(parents=True, exist_ok=True)
     if args.profile:
-        path = args.out / f"controls-profile-{stamp}.json"
+        path = write_results(args.out, "controls-profile", started, report)
         text = render_profile(report["profile"], args.rate)
     else:
         report["grid"] = {mode: bench.rows(mode) for mode in MODES}
         report["memory"] = bench.memory
-        suffix = "-quick" if args.quick else ""
-        path = args.out / f"controls-overhead-{stamp}{suffix}.json"
+        path = write_results(args.out, "controls-overhead", started, report, quick=args.quick)
         text = render(report)
-    path.write_text(json.dumps(_clean(report), indent=1, allow_nan=False) + "\n")
     print(text)
     problems = [p for kind in PROXIES for p in report["verification"][kind]["problems"]]
     print(f"\nfull figures: {path} ({meta['duration_s']:.0f} s run)")

@@ -50,7 +50,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
-import json
 import math
 import os
 import platform
@@ -86,6 +85,7 @@ from bench.services import (
     cpu_busy_seconds,
     launch,
     self_cpu_seconds,
+    write_results,
 )
 
 GRID = (500, 800, 1000, 1200, 1400, 1600, 1800, 2000, 2200, 2400, 2800, 3200)
@@ -755,17 +755,6 @@ def _cpu_model() -> str:
     return platform.processor()
 
 
-def _clean(value: Any) -> Any:
-    """``value`` with NaN as null, so the file is strict JSON."""
-    if isinstance(value, float):
-        return None if math.isnan(value) else value
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
-    return value
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="bench/multiprocess.py",
@@ -863,9 +852,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         },
         "results": results,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"multiprocess-{started.strftime('%Y%m%dT%H%M%SZ')}.json"
-    path.write_text(json.dumps(_clean(report), indent=1, allow_nan=False) + "\n")
+    path = write_results(args.out, "multiprocess", started, report)
     print(render(report))
     print(f"\nfull figures: {path} ({meta['duration_s']:.0f} s run)")
     return 0

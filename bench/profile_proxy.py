@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import datetime as dt
 import json
-import os
 import pstats
 import shutil
 import signal
@@ -41,7 +40,7 @@ if not __package__:  # run as a script: make `bench` importable from the reposit
 
 from bench.loadgen import run_window, summarize
 from bench.run import QUICK, RESULTS, Bench, prepare_code
-from bench.services import REPO, Service, ServiceError, Services
+from bench.services import REPO, Service, ServiceError, Services, split_cpus
 
 HELPER = Path(__file__).resolve().parent / "profiled_serve.py"
 _STDLIB = sysconfig.get_paths()["stdlib"]
@@ -230,13 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not 0 < args.rate <= 1000 or not 0 < args.seconds <= 60:
         parser.error("--rate must be in (0, 1000] and --seconds in (0, 60]")
 
-    cpus = sorted(os.sched_getaffinity(0))
-    proxy_cpus = sim_cpus = None
-    pinning = "not pinned"
-    if len(cpus) >= 2:
-        proxy_cpus, sim_cpus = {cpus[0]}, {cpus[1]}
-        os.sched_setaffinity(0, sim_cpus)
-        pinning = f"proxy pinned to CPU {cpus[0]}, simulator + load generator to CPU {cpus[1]}"
+    proxy_cpus, sim_cpus, pinning = split_cpus()
     started = dt.datetime.now(dt.UTC)
     stamp = started.strftime("%Y%m%dT%H%M%SZ")
     try:

@@ -30,7 +30,6 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
-import json
 import math
 import os
 import platform
@@ -64,6 +63,8 @@ from bench.services import (
     litellm_env,
     litellm_version,
     self_cpu_seconds,
+    split_cpus,
+    write_results,
 )
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -1193,16 +1194,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if note:
         print(f"bench: {note}", file=sys.stderr)
 
-    cpus = sorted(os.sched_getaffinity(0))
-    proxies = "proxy and LiteLLM" if with_litellm else "proxy"
-    if args.no_pin or len(cpus) < 2:
-        proxy_cpus = sim_cpus = None
-        pinning = "not pinned"
-    else:
-        proxy_cpus, sim_cpus = {cpus[0]}, {cpus[1]}
-        # Pin this process (the load generator) before it starts any thread.
-        os.sched_setaffinity(0, sim_cpus)
-        pinning = f"{proxies} pinned to CPU {cpus[0]}, simulator + load generator to CPU {cpus[1]}"
+    proxy_cpus, sim_cpus, pinning = split_cpus(
+        pin=not args.no_pin, servers="proxy and LiteLLM" if with_litellm else "proxy"
+    )
 
     started = dt.datetime.now(dt.UTC)
     meta: dict[str, Any] = {
@@ -1261,7 +1255,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 bench = Bench(
                     services,
                     plan,
-                    proxy_core=None if proxy_cpus is None else cpus[0],
+                    proxy_core=None if proxy_cpus is None else min(proxy_cpus),
                     targets=targets,
                 )
                 bench.calibrate()
@@ -1294,24 +1288,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         else None,
         "windows": [w.to_json() for w in bench.windows],
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    suffix = "-quick" if args.quick else ""
-    path = args.out / f"run-{started.strftime('%Y%m%dT%H%M%SZ')}{suffix}.json"
-    path.write_text(json.dumps(_clean(report), indent=1, allow_nan=False) + "\n")
+    path = write_results(args.out, "run", started, report, quick=args.quick)
     print(render(report))
     print(f"\nfull figures: {path} ({meta['duration_s']:.0f} s run)")
     return 0
-
-
-def _clean(value: Any) -> Any:
-    """``value`` with NaN (an empty percentile) as null, so the file is strict JSON."""
-    if isinstance(value, float):
-        return None if math.isnan(value) else value
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
-    return value
 
 
 if __name__ == "__main__":

@@ -32,20 +32,24 @@ What a caller may rely on:
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import io
 import json
+import math
 import os
 import re
 import signal
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 __all__ = [
     "CLK_TCK",
@@ -436,6 +440,16 @@ class Service:
         return self.process.returncode
 
 
+def _stop_children_on_sigterm() -> None:
+    """Make SIGTERM end a benchmark like Ctrl-C does: through its ``finally`` blocks, which stop
+    the processes it started (Python's default SIGTERM handling skips them and leaves the
+    simulator and the proxies running)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
 def launch(
     name: str,
     argv: Sequence[str],
@@ -453,6 +467,7 @@ def launch(
     By default it runs in ``code_root`` with this environment (less ``ROUTEDECK_*``) and
     ``PYTHONPATH=code_root``; with ``env`` and ``cwd`` it runs in ``cwd`` with exactly ``env``.
     """
+    _stop_children_on_sigterm()
     log_path = workdir / f"{name}.log"
     log = open(log_path, "wb")  # noqa: SIM115 - the child owns it; closed below once inherited
 
@@ -629,4 +644,46 @@ def _launch_litellm(
         ready=_UVICORN_RUNNING,
         env=env,
         cwd=home,
+    )
+
+
+def strict_json(value: Any) -> Any:
+    """``value`` with NaN (an empty percentile) as null and keys as strings, so that it
+    dumps as strict JSON."""
+    if isinstance(value, float):
+        return None if math.isnan(value) else value
+    if isinstance(value, dict):
+        return {str(k): strict_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [strict_json(v) for v in value]
+    return value
+
+
+def write_results(
+    out_dir: Path, name: str, started: dt.datetime, report: Any, *, quick: bool = False
+) -> Path:
+    """Write a benchmark's figures to ``out_dir/<name>-<UTC start>[-quick].json``; the path."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    suffix = "-quick" if quick else ""
+    path = out_dir / f"{name}-{started.strftime('%Y%m%dT%H%M%SZ')}{suffix}.json"
+    path.write_text(json.dumps(strict_json(report), indent=1, allow_nan=False) + "\n")
+    return path
+
+
+def split_cpus(
+    *, pin: bool = True, servers: str = "proxy"
+) -> tuple[set[int] | None, set[int] | None, str]:
+    """The benchmarks' layout: the measured ``servers`` on the first CPU, the simulator and the
+    load generator on the second -- this process, pinned here before it starts anything.
+
+    Returns (the servers' CPUs, the harness's CPUs, the layout in words); (None, None,
+    "not pinned") when ``pin`` is false or the machine has one CPU."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if not pin or len(cpus) < 2:
+        return None, None, "not pinned"
+    os.sched_setaffinity(0, {cpus[1]})
+    return (
+        {cpus[0]},
+        {cpus[1]},
+        f"{servers} pinned to CPU {cpus[0]}, simulator + load generator to CPU {cpus[1]}",
     )
