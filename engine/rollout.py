@@ -31,6 +31,7 @@ which a restarted engine rebuilds the current stage's signals.
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import hashlib
 import json
@@ -373,6 +374,7 @@ class Rollouts:
         self._internal = frozenset(n for n, t in config.tenants.items() if t.internal)
         self._baseline: Release | None = None
         self._rollout: _Rollout | None = None
+        self._refreshing = asyncio.Lock()
         self.warnings: list[str] = []
 
     # -- loading ---------------------------------------------------------------------------
@@ -534,7 +536,15 @@ class Rollouts:
 
         Signals come from the shared log, not from this process's own requests, so every
         process sharing the state file judges the same traffic, and a restarted one picks up
-        where it was. Rows reach the log within the writer's flush interval."""
+        where it was. Rows reach the log within the writer's flush interval.
+
+        Refreshes run one at a time (the snapshot loop's and a command's could overlap, and
+        two reading from the same row id would count the same requests twice); one whose
+        stage was reset while it read drops what it read."""
+        async with self._refreshing:
+            await self._refresh()
+
+    async def _refresh(self) -> None:
         rollout = self._rollout
         if rollout is None or rollout.state != "running":
             return
@@ -542,6 +552,7 @@ class Rollouts:
         top = int(top_rows[0][0] or 0)
         if top <= rollout.rowid:
             return
+        since, arms = rollout.rowid, rollout.arms
         rows = await self._store.query(
             "SELECT r.*, (SELECT group_concat(a.outcome) FROM attempts a "
             "WHERE a.request_id = r.request_id AND a.outcome != 'ok') AS causes "
@@ -555,6 +566,8 @@ class Rollouts:
                 self.baseline.id,
             ),
         )
+        if self._rollout is not rollout or rollout.rowid != since or rollout.arms is not arms:
+            return  # reset or replaced while this read: the next refresh starts over
         rollout.rowid = top
         fields = RequestRecord.__dataclass_fields__
         for row in rows:

@@ -377,6 +377,31 @@ async def test_restart_mid_rollout_keeps_the_stage_and_every_users_arm(tmp_path:
         } == arms_by_stage[2]
 
 
+async def test_overlapping_refreshes_count_each_request_once(tmp_path: Path) -> None:
+    """The snapshot loop and a command can refresh the signals at the same time; each logged
+    request must still count once (it did twice when both read from the same row id)."""
+    config = make_config(tmp_path, rollout_config())
+    async with running(config) as proxy:
+        engine = proxy.engine
+        assert (await engine.submit(EditTier("medium", "a-mini > b-mid"), actor="a")).ok
+        for _ in range(3):  # canary, 5%, 20%
+            assert (await engine.submit(Advance(override=True), actor="a", reason="t")).ok
+        results = await send(engine, users("overlap", 200))
+        assert all(status == 200 for _, _, status in results)
+        await engine.store.flush()
+        await asyncio.gather(*(engine.rollouts.refresh() for _ in range(3)))
+        view = engine.snapshot(fresh=True).rollout
+        assert view is not None and view.candidate is not None
+        assert view.baseline_signals is not None
+        rows = await engine.store.query(
+            "SELECT arm, COUNT(*) FROM requests WHERE started_at >= ? GROUP BY arm",
+            (view.stage_started_at,),
+        )
+        logged = {row[0]: row[1] for row in rows}
+        assert view.candidate.requests == logged.get("candidate", 0) > 0
+        assert view.baseline_signals.requests == logged["baseline"]
+
+
 async def test_emergency_change_applies_to_everyone_at_once(tmp_path: Path) -> None:
     async with running(make_config(tmp_path, rollout_config())) as proxy:
         engine = proxy.engine
