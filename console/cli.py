@@ -171,8 +171,9 @@ def _operator(args: argparse.Namespace) -> int:
 def _cmd_keys(args: argparse.Namespace) -> int:
     import httpx
 
-    token = os.environ.get(args.token_env) or None
-    headers = {"authorization": f"Bearer {token}"} if token else {}
+    from engine.link import admin_error, admin_headers
+
+    headers = admin_headers(os.environ.get(args.token_env) or None)
     base = args.url.rstrip("/")
     try:
         with httpx.Client(base_url=base, headers=headers, timeout=10) as http:
@@ -188,11 +189,10 @@ def _cmd_keys(args: argparse.Namespace) -> int:
     except httpx.HTTPError as exc:
         print(f"routedeck: cannot reach routedeck at {base}: {exc}", file=sys.stderr)
         return 1
-    body = r.json() if r.headers.get("content-type", "").startswith("application/json") else {}
     if r.status_code >= 400:
-        message = body.get("error", {}).get("message") if isinstance(body, dict) else None
-        print(f"routedeck: {message or f'HTTP {r.status_code}'}", file=sys.stderr)
+        print(f"routedeck: {admin_error(r) or f'HTTP {r.status_code}'}", file=sys.stderr)
         return 1
+    body = r.json() if r.headers.get("content-type", "").startswith("application/json") else {}
     if args.action == "create":
         print(f"created {body['id']} for tenant {body['tenant']}; the key (shown only now):")
         print(body["key"])
@@ -211,10 +211,10 @@ def _cmd_keys(args: argparse.Namespace) -> int:
 def _cmd_audit(args: argparse.Namespace) -> int:
     import httpx
 
+    from engine.link import admin_error, admin_headers
     from engine.reporting import parse_window
 
-    token = os.environ.get(args.token_env) or None
-    headers = {"authorization": f"Bearer {token}"} if token else {}
+    headers = admin_headers(os.environ.get(args.token_env) or None)
     base = args.url.rstrip("/")
     params: dict[str, str] = {"limit": str(args.limit)}
     for name in ("actor", "action", "target", "result"):
@@ -238,11 +238,9 @@ def _cmd_audit(args: argparse.Namespace) -> int:
                     "/admin/audit", params={**params, **({"after": str(last)} if last else {})}
                 )
                 if r.status_code >= 400:
-                    try:
-                        message = r.json()["error"]["message"]
-                    except (ValueError, KeyError, TypeError):
-                        message = f"HTTP {r.status_code}"
-                    print(f"routedeck: {message}", file=sys.stderr)
+                    print(
+                        f"routedeck: {admin_error(r) or f'HTTP {r.status_code}'}", file=sys.stderr
+                    )
                     return 1
                 entries = r.json()["entries"]
                 if args.json:

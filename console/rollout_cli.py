@@ -28,7 +28,7 @@ from typing import Any
 import httpx
 
 from engine.commands import Advance, Command, EditTier, Rollback, StartRollout
-from engine.link import LinkError, RemoteLink
+from engine.link import LinkError, RemoteLink, admin_error, admin_headers
 
 OperatorArgs = Callable[[argparse.ArgumentParser], None]
 
@@ -155,20 +155,16 @@ def _get(
     path: str,
     handle: Callable[[argparse.Namespace, httpx.Response], int],
 ) -> int:
-    headers = {"authorization": f"Bearer {token}"} if token else {}
     base = args.url.rstrip("/")
     params = {"routing_only": "1"} if getattr(args, "routing_only", False) else {}
     try:
-        with httpx.Client(base_url=base, headers=headers, timeout=10) as http:
+        with httpx.Client(base_url=base, headers=admin_headers(token), timeout=10) as http:
             response = http.get(path, params=params)
     except httpx.HTTPError as exc:
         print(f"routedeck: cannot reach routedeck at {base}: {exc}", file=sys.stderr)
         return 1
     if response.status_code >= 400:
-        try:
-            message = response.json()["error"]["message"]
-        except (ValueError, KeyError, TypeError):
-            message = f"HTTP {response.status_code} from {base}{path}"
+        message = admin_error(response) or f"HTTP {response.status_code} from {base}{path}"
         print(f"routedeck: {message}", file=sys.stderr)
         return 1
     return handle(args, response)

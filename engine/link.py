@@ -80,6 +80,23 @@ class LocalLink:
         return None
 
 
+def admin_headers(token: str | None) -> dict[str, str]:
+    """The headers of a request to the admin API: the bearer token, when there is one."""
+    return {"authorization": f"Bearer {token}"} if token else {}
+
+
+def admin_error(response: httpx.Response) -> str | None:
+    """The message of an admin API error answer (``{"error": {"message": ...}}``), or None
+    when the body is not one (callers say ``HTTP <status>`` their own way)."""
+    try:
+        data = response.json()
+    except ValueError:
+        return None
+    error = data.get("error") if isinstance(data, dict) else None
+    message = error.get("message") if isinstance(error, dict) else None
+    return message if isinstance(message, str) and message else None
+
+
 class RemoteLink:
     def __init__(
         self,
@@ -95,9 +112,8 @@ class RemoteLink:
         engine someone else runs (the console shows ATTACHED only for the latter)."""
         self.label = url.rstrip("/")
         self.attached = attached
-        headers = {"authorization": f"Bearer {token}"} if token else {}
         self._client = httpx.AsyncClient(
-            base_url=self.label, headers=headers, timeout=timeout, transport=transport
+            base_url=self.label, headers=admin_headers(token), timeout=timeout, transport=transport
         )
         self._poll_interval = poll_interval
         self.last_error: str | None = None
@@ -110,16 +126,13 @@ class RemoteLink:
             response = await self._client.request(method, path, json=body)
         except httpx.HTTPError as exc:
             raise LinkError(f"cannot reach routedeck at {self.label}: {exc}") from None
-        try:
-            data = response.json()
-        except ValueError:
-            data = None
         if response.status_code >= 400 and response.status_code not in accept:
-            message = (
-                (data or {}).get("error", {}).get("message") if isinstance(data, dict) else None
-            )
+            message = admin_error(response)
             raise LinkError(message or f"routedeck answered HTTP {response.status_code}")
-        return data
+        try:
+            return response.json()
+        except ValueError:
+            return None
 
     async def fetch(self) -> Snapshot:
         return Snapshot.from_dict(await self._call("GET", "/admin/snapshot"))
