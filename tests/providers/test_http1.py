@@ -252,6 +252,14 @@ def held(peer_started: asyncio.Event | None = None) -> Handler:
     return handle
 
 
+async def first_chunk_then_held(peer: Peer) -> None:
+    """A handler that starts a chunked answer with ``first`` and sends nothing more until the
+    client leaves."""
+    await peer.request()
+    await peer.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n")
+    await peer.until_closed()
+
+
 def settled(pool: Pool, *, opened: int, idle: int) -> dict[str, int]:
     """The pool's stats, checked for consistency: nothing in use, opened = idle + closed."""
     stats = pool.stats
@@ -628,12 +636,7 @@ async def test_no_response_within_the_read_timeout(
 async def test_read_timeout_between_stream_chunks(
     serve: Callable[[Handler], Awaitable[RawServer]], pools: Callable[..., Pool]
 ) -> None:
-    async def handle(peer: Peer) -> None:
-        await peer.request()
-        await peer.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n")
-        await peer.until_closed()
-
-    server = await serve(handle)
+    server = await serve(first_chunk_then_held)
     pool = pools(server.url)
     stream = await pool.stream("/x", BODY, (), Timeouts(connect=2, read=0.2))
     assert await anext(stream) == b"first"
@@ -689,12 +692,7 @@ async def test_waiting_for_a_free_connection_counts_against_the_connect_timeout(
 async def test_cancelling_mid_stream_closes_the_connection(
     serve: Callable[[Handler], Awaitable[RawServer]], pools: Callable[..., Pool]
 ) -> None:
-    async def handle(peer: Peer) -> None:
-        await peer.request()
-        await peer.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n")
-        await peer.until_closed()
-
-    server = await serve(handle)
+    server = await serve(first_chunk_then_held)
     pool = pools(server.url)
     got_first = asyncio.Event()
 
