@@ -624,8 +624,8 @@ def _marker(marks: list[float], server: Service) -> Callable[[], None]:
 
 
 async def _servers(servers: dict[str, Service], plan: Plan) -> dict[str, Any]:
-    from bench.compare import settle
     from bench.loadgen import RequestSpec, run_window, summarize
+    from bench.services import settle
 
     body = json.dumps(CHAT_REQUEST).encode()
     specs = {
@@ -637,7 +637,7 @@ async def _servers(servers: dict[str, Service], plan: Plan) -> dict[str, Any]:
     for rnd in range(plan.rounds):
         for name in _rotated(list(servers), rnd):
             server = servers[name]
-            await settle(list(servers.values()))
+            await settle(list(servers.values()), minimum_s=0.0, maximum_s=3.0)
             marks: list[float] = []
             result = await run_window(
                 specs[name],

@@ -25,7 +25,6 @@ import json
 import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -43,6 +42,7 @@ from bench.services import (
     export_ref,
     launch,
     proxy_config,
+    settle,
     split_cpus,
 )
 
@@ -61,20 +61,10 @@ def _body(model: str, stream: bool) -> bytes:
     ).encode()
 
 
-async def settle(services: Sequence[Service]) -> None:
-    """Wait until the servers are quiet (at most 3 s): one clock tick of CPU over 0.1 s."""
-    deadline = time.monotonic() + 3.0
-    while time.monotonic() < deadline:
-        before = sum(s.cpu_seconds() for s in services)
-        await asyncio.sleep(0.1)
-        if sum(s.cpu_seconds() for s in services) - before <= 0.011:
-            return
-
-
 async def _window(
     spec: RequestSpec, server: Service, servers: Sequence[Service], rate: float, seconds: float
 ) -> dict[str, Any]:
-    await settle(servers)
+    await settle(servers, minimum_s=0.0, maximum_s=3.0)
     marks: list[float] = []
     result: WindowResult = await run_window(
         spec,

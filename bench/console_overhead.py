@@ -93,6 +93,7 @@ from bench.services import (
     cpu_busy_seconds,
     proxy_config,
     self_cpu_seconds,
+    settle,
     write_results,
 )
 
@@ -717,15 +718,14 @@ class OverheadRun:
         """Wait at least ``minimum_s``, then until the simulator and the running routedeck
         processes are quiet (at most `SETTLE_QUIET_S` of CPU over `SETTLE_STEP_S`), at most
         ``maximum_s``. Returns the seconds waited."""
-        started = time.monotonic()
-        await asyncio.sleep(minimum_s)
         watched = [self.procs["sim"]] + [self.procs[e] for e in ENGINES if e not in self.paused]
-        while time.monotonic() - started < maximum_s:
-            before = sum(p.cpu_seconds() for p in watched)
-            await asyncio.sleep(SETTLE_STEP_S)
-            if sum(p.cpu_seconds() for p in watched) - before <= SETTLE_QUIET_S:
-                break
-        return time.monotonic() - started
+        return await settle(
+            watched,
+            minimum_s=minimum_s,
+            maximum_s=maximum_s,
+            step_s=SETTLE_STEP_S,
+            quiet_s=SETTLE_QUIET_S,
+        )
 
     async def _breaker_wait(self, target: str) -> tuple[float, str]:
         """Wait (at most `BREAKER_WAIT_MAX_S`) while a deployment of ``target``'s engine has

@@ -91,6 +91,7 @@ from bench.services import (
     launch,
     proxy_config,
     self_cpu_seconds,
+    settle,
     write_results,
 )
 
@@ -520,15 +521,7 @@ class Bench:
     async def settle(self, max_s: float = SETTLE_MAX_S) -> float:
         """Wait (at least 0.1 s, at most ``max_s``) until no running process is busy: at most
         one clock tick of CPU between them over 0.1 s. Returns the seconds waited."""
-        started = time.monotonic()
-        await asyncio.sleep(0.1)
-        while time.monotonic() - started < max_s:
-            running = self._running()
-            a = sum(p.cpu_seconds() for p in running)
-            await asyncio.sleep(0.1)
-            if sum(p.cpu_seconds() for p in running) - a <= 0.011:
-                break
-        return time.monotonic() - started
+        return await settle(self._running(), maximum_s=max_s)
 
     def activate(self, target: str) -> None:
         """Continue the target's proxy; stop the others (with pausing on)."""

@@ -85,6 +85,7 @@ from bench.services import (
     cpu_busy_seconds,
     launch,
     self_cpu_seconds,
+    settle,
     write_results,
 )
 
@@ -397,15 +398,8 @@ class Rig:
         """Wait (0.1 s to `SETTLE_MAX_S`) until the servers are quiet: at most about one clock
         tick of CPU per process over 0.1 s (two for the simulator and the first proxy, as
         ``run.py``). Returns the seconds waited."""
-        started = time.monotonic()
         quiet = 0.011 + 0.01 * (len(self.servers) - 2)
-        await asyncio.sleep(0.1)
-        while time.monotonic() - started < SETTLE_MAX_S:
-            a = sum(s.cpu_seconds() for s in self.servers)
-            await asyncio.sleep(0.1)
-            if sum(s.cpu_seconds() for s in self.servers) - a <= quiet:
-                break
-        return time.monotonic() - started
+        return await settle(self.servers, maximum_s=SETTLE_MAX_S, quiet_s=quiet)
 
     def _marks(self) -> _Marks:
         return _Marks(

@@ -63,6 +63,7 @@ from bench.services import (
     litellm_env,
     litellm_version,
     self_cpu_seconds,
+    settle,
     split_cpus,
     write_results,
 )
@@ -435,15 +436,7 @@ class Bench:
     async def settle(self, max_s: float = SETTLE_MAX_S) -> float:
         """Wait (at least 0.1 s, at most ``max_s``) until no server is still busy: at most one
         clock tick of CPU between them over 0.1 s. Returns the seconds waited."""
-        servers = self.services.servers
-        started = time.monotonic()
-        await asyncio.sleep(0.1)
-        while time.monotonic() - started < max_s:
-            a = sum(s.cpu_seconds() for s in servers)
-            await asyncio.sleep(0.1)
-            if sum(s.cpu_seconds() for s in servers) - a <= 0.011:
-                break
-        return time.monotonic() - started
+        return await settle(self.services.servers, maximum_s=max_s)
 
     def _counters(self) -> _Counters:
         s = self.services

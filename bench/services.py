@@ -32,6 +32,7 @@ What a caller may rely on:
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hashlib
 import io
@@ -49,7 +50,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 __all__ = [
     "CLK_TCK",
@@ -687,3 +688,29 @@ def split_cpus(
         {cpus[1]},
         f"{servers} pinned to CPU {cpus[0]}, simulator + load generator to CPU {cpus[1]}",
     )
+
+
+class HasCpu(Protocol):
+    def cpu_seconds(self) -> float: ...
+
+
+async def settle(
+    processes: Sequence[HasCpu],
+    *,
+    minimum_s: float = 0.1,
+    maximum_s: float = 5.0,
+    step_s: float = 0.1,
+    quiet_s: float = 0.011,
+) -> float:
+    """Wait at least ``minimum_s``, then until ``processes`` are quiet -- at most ``quiet_s`` of
+    CPU between them over ``step_s`` (the default is one clock tick over 0.1 s) -- or
+    ``maximum_s`` have passed. Returns the seconds waited. Every benchmark settles before a
+    measured window, so that one window's backlog is not billed to the next."""
+    started = time.monotonic()
+    await asyncio.sleep(minimum_s)
+    while time.monotonic() - started < maximum_s:
+        before = sum(p.cpu_seconds() for p in processes)
+        await asyncio.sleep(step_s)
+        if sum(p.cpu_seconds() for p in processes) - before <= quiet_s:
+            break
+    return time.monotonic() - started
